@@ -1,0 +1,5 @@
+import sys
+
+from correcteur.cli import main
+
+sys.exit(main())
