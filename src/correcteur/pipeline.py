@@ -1,0 +1,154 @@
+"""The main job: run the five notebooks top to bottom, headless, into `runs/<timestamp>/`.
+
+A *profile* sizes the whole pipeline for the machine at hand; every notebook reads the same one
+(`CORRECTEUR_PROFILE`), so one switch changes model, data and training budget everywhere:
+
+- `gpu`: the user's setting, gpt2-medium (355M) fine-tuned on the Hugging Face dataset (the
+  embedded corpus when the hub is unreachable), 5 epochs, AdamW 5e-5.
+- `cpu`: the same pipeline sized for a 2-core CPU: SmolLM2-135M with LoRA on the embedded
+  corpus, about a quarter of an hour of training.
+- `tiny`: seconds per notebook, for CI: a 2-layer GPT-2 from scratch on a few hundred pairs.
+
+    python -m correcteur.pipeline --profile cpu
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+NOTEBOOKS = ["01_setup", "02_dataset", "03_finetune", "04_evaluate", "05_demo"]
+
+
+@dataclass
+class Profile:
+    name: str
+    model: str  # a name `weights.load_base_model` knows
+    data_source: str  # "embedded", "hf" or a file path
+    max_sentences: int | None  # cap on source sentences (None = all)
+    variants_per_sentence: int
+    train: dict = field(default_factory=dict)  # TrainConfig overrides
+    eval_limit: int | None = None  # test entries to answer (None = all)
+    base_model_baseline: bool = True
+    judge: bool = True  # ask the Ollama judge when a server answers
+
+
+PROFILES = {
+    "gpu": Profile(
+        name="gpu", model="gpt2-medium", data_source="hf", max_sentences=None, variants_per_sentence=4,
+        train=dict(num_epochs=5, lr=5e-5, weight_decay=0.1, batch_size=8, eval_freq=50, eval_iter=5,
+                   patience=4, prompt_style="alpaca"),
+    ),
+    "cpu": Profile(
+        name="cpu", model="smollm2-135m", data_source="embedded", max_sentences=None, variants_per_sentence=2,
+        train=dict(num_epochs=1, lr=1e-3, batch_size=8, eval_freq=25, eval_iter=4, patience=4,
+                   prompt_style="short", lora_rank=16, lora_alpha=32, max_minutes=12),
+        eval_limit=200,
+    ),
+    "tiny": Profile(
+        name="tiny", model="gpt2-tiny", data_source="embedded", max_sentences=300, variants_per_sentence=1,
+        train=dict(num_epochs=1, lr=1e-3, batch_size=8, eval_freq=5, eval_iter=2, patience=4,
+                   prompt_style="short", max_steps=10, allow_scratch=True),
+        eval_limit=16, base_model_baseline=False, judge=False,
+    ),
+}
+
+
+def get_profile(name: str = "auto") -> Profile:
+    """The named profile; `auto` is `gpu` when CUDA is available, else `cpu`."""
+    if name == "auto":
+        import torch
+
+        name = "gpu" if torch.cuda.is_available() else "cpu"
+    if name not in PROFILES:
+        raise ValueError(f"unknown profile {name!r}; choose one of {', '.join(PROFILES)} or auto")
+    return PROFILES[name]
+
+
+def run_notebooks(profile: Profile, run_dir: Path, timeout: int = 7200) -> list[dict]:
+    """Execute each notebook with nbclient in `notebooks/`, saving the executed copy in `run_dir`.
+    Stops at the first notebook that fails, saving it with the failing cell's output."""
+    import nbformat
+    from nbclient import NotebookClient
+
+    os.environ.update(CORRECTEUR_PROFILE=profile.name, CORRECTEUR_RUN_DIR=str(run_dir.resolve()),
+                      MPLBACKEND="module://matplotlib_inline.backend_inline")
+    timings = []
+    for name in NOTEBOOKS:
+        notebook = nbformat.read(ROOT / "notebooks" / f"{name}.ipynb", as_version=4)
+        client = NotebookClient(notebook, timeout=timeout, kernel_name="python3",
+                                resources={"metadata": {"path": str(ROOT / "notebooks")}})
+        start = time.perf_counter()
+        print(f"[{name}] running...", flush=True)
+        try:
+            client.execute()
+        finally:
+            nbformat.write(notebook, run_dir / f"{name}.ipynb")
+        seconds = time.perf_counter() - start
+        timings.append({"notebook": name, "seconds": round(seconds, 1)})
+        print(f"[{name}] done in {seconds:.0f} s", flush=True)
+    return timings
+
+
+def write_summary(profile: Profile, run_dir: Path, timings: list[dict]) -> Path:
+    """`summary.md` from what the notebooks left in the run directory."""
+
+    def load(name: str) -> dict:
+        path = run_dir / name
+        return json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+
+    setup, data, training, report = load("setup.json"), load("data.json"), load("training.json"), load("report.json")
+    lines = [
+        f"# Run {run_dir.name}",
+        "",
+        f"- profile: `{profile.name}` ({json.dumps(dataclasses.asdict(profile), ensure_ascii=False)})",
+        f"- device: {setup.get('device', '?')}; model: {setup.get('model', profile.model)}"
+        f" (pretrained: {setup.get('pretrained', '?')})",
+        f"- data: {data.get('counts', '?')}",
+        f"- training: {training.get('summary', '?')}",
+        f"- checkpoint: `{training.get('checkpoint', '?')}`",
+        "- time per notebook: " + ", ".join(f"{t['notebook']} {t['seconds']:.0f} s" for t in timings),
+        f"- total: {sum(t['seconds'] for t in timings) / 60:.1f} min",
+        "",
+        "## Metrics on the held-out test split",
+        "",
+        report.get("table", "(no report: see 04_evaluate.ipynb)"),
+        "",
+    ]
+    path = run_dir / "summary.md"
+    path.write_text("\n".join(lines), encoding="utf-8")
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--profile", default="auto", choices=[*PROFILES, "auto"],
+                        help="gpu: gpt2-medium, the user's settings; cpu: SmolLM2-135M + LoRA sized for 2 cores; "
+                             "tiny: seconds, for CI; auto: gpu when CUDA is available, else cpu")
+    parser.add_argument("--runs-dir", type=Path, default=ROOT / "runs", help="where run folders are created")
+    args = parser.parse_args(argv)
+    profile = get_profile(args.profile)
+    run_dir = args.runs_dir / f"{datetime.datetime.now():%Y%m%d-%H%M%S}-{profile.name}"
+    run_dir.mkdir(parents=True)
+    (run_dir / "profile.json").write_text(json.dumps(dataclasses.asdict(profile), indent=2), encoding="utf-8")
+    print(f"profile {profile.name}: writing the executed notebooks to {run_dir}", flush=True)
+    try:
+        timings = run_notebooks(profile, run_dir)
+    except Exception as error:  # a failing cell: its notebook is saved with the error shown
+        print(f"error: a notebook failed; see the executed copy in {run_dir}\n{error}", file=sys.stderr)
+        return 1
+    summary = write_summary(profile, run_dir, timings)
+    print(summary.read_text(encoding="utf-8"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
