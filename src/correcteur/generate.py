@@ -41,10 +41,11 @@ def generate(model, idx: torch.Tensor, max_new_tokens: int, context_size: int,
 
     As in the course, the end-of-text token itself is not appended and generation stops once
     every row has produced it; rows that finished earlier are filled with `eos_id`.
-    Left-padded batches pass `attention_mask` (1 = token, 0 = padding). The prompt is cropped
-    from the left so that prompt and new tokens fit in `context_size`."""
-    keep = max(1, context_size - max_new_tokens) if use_cache else context_size
-    idx = idx[:, -keep:]
+    Left-padded batches pass `attention_mask` (1 = token, 0 = padding). The model reads the
+    prompt cropped from the left so that prompt and new tokens fit in `context_size` (the same
+    window with and without the cache); the whole prompt is returned, as in the course."""
+    keep = max(1, context_size - max_new_tokens)
+    prompt, idx = idx, idx[:, -keep:]
     if attention_mask is not None:
         attention_mask = attention_mask[:, -keep:].to(idx.device)
     cache = model.new_cache() if use_cache else None
@@ -69,7 +70,7 @@ def generate(model, idx: torch.Tensor, max_new_tokens: int, context_size: int,
         step_input = token
         if attention_mask is not None:
             attention_mask = torch.cat([attention_mask, torch.ones_like(token, dtype=attention_mask.dtype)], dim=1)
-    return torch.cat([idx, *new_tokens], dim=1)
+    return torch.cat([prompt, *new_tokens], dim=1)
 
 
 def left_pad(sequences: list[list[int]], pad_id: int, device: torch.device | str = "cpu"
