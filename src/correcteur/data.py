@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import hashlib
 import json
 import os
@@ -512,6 +513,29 @@ def build_dataset(config: DataConfig, count_tokens: Callable[[str], int] | None 
     if write:
         manifest = write_dataset(Path(config.out), splits, stats, manifest, figure)
     return BuiltDataset(splits, stats, manifest, figure)
+
+
+def build_dataset_or_embedded(config: DataConfig) -> BuiltDataset:
+    """`build_dataset`, falling back to the embedded corpus when the Hugging Face hub can't be
+    reached (the `gpu` profile on a machine without the hub): said once, plainly."""
+    try:
+        return build_dataset(config)
+    except UserError as error:
+        if config.source != "hf":
+            raise
+        print(f"{error}\n-> building from the embedded corpus instead.")
+        return build_dataset(dataclasses.replace(config, source="embedded"))
+
+
+def examples_by_error_type(entries: list[dict]) -> dict[str, dict]:
+    """The first entry with exactly one error of each type (and one clean pair), for showing."""
+    examples: dict[str, dict] = {}
+    for entry in entries:
+        types = entry.get("error_types") or []
+        key = types[0] if len(types) == 1 else ("clean" if not types else None)
+        if key is not None:
+            examples.setdefault(key, entry)
+    return dict(sorted(examples.items()))
 
 
 def add_data_arguments(parser: argparse.ArgumentParser) -> None:

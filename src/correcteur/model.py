@@ -237,7 +237,11 @@ class GPTModel(nn.Module):
     def from_pretrained(cls, path: str | Path) -> GPTModel:
         """Load a directory laid out like the hub's `openai-community/gpt2*` repositories
         (`config.json` + `model.safetensors`)."""
-        from correcteur.weights import config_from_settings, load_hf_directory, load_weights_into_gpt
+        from correcteur.weights import (
+            config_from_settings,
+            load_hf_directory,
+            load_weights_into_gpt,
+        )
 
         settings, params = load_hf_directory(path)
         model = cls(config_from_settings(settings))

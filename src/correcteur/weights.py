@@ -366,8 +366,11 @@ def load_base_model(name: str, models_dir: str | Path = "checkpoints", allow_scr
     until trained."""
     if name in SCRATCH_CONFIGS:
         return _scratch_model(name, allow_scratch, seed)
-    # >>> Other families go here: the lead adds `if name == "smollm2-135m": return
-    # >>> correcteur.llama.load_smollm2(...)` (imported in the branch, not at the top).
+    if name == "smollm2-135m":
+        from correcteur.llama import load_smollm2
+
+        model, tokenizer, info = load_smollm2(models_dir)
+        return model, tokenizer, {**info, "pretrained": True, "parameters": _count(model)}
     path = download_gpt2(name, models_dir)
     model = GPTModel.from_pretrained(path)
     info = {"name": _gpt2_key(name).split(" ")[0], "family": "gpt2", "pretrained": True,
