@@ -1,0 +1,230 @@
+"""Checkpoints a crash cannot corrupt, that resume exactly and that load for inference.
+
+A run directory holds two kinds of `.pt` files, both plain `torch.save` dictionaries that
+`torch.load(weights_only=True)` reads (no pickled code):
+
+- `last.pt` (`kind: "resume"`): everything `train(..., resume=True)` needs to continue as if it
+  had never stopped: the trainable weights (LoRA adapters only, when LoRA), the optimizer and
+  scheduler, the step, epoch and position in the epoch, the RNG states, the history and the
+  early-stopping counters, the config, and the epoch's batch order (to notice changed data).
+- `best.pt` (`kind: "inference"`): the best weights (LoRA merged in) with what it takes to
+  rebuild the model and its prompt: model config, family, model name, tokenizer name,
+  prompt style. `export_half` writes the same in bf16/fp16, half the size.
+
+Every file is written to a temporary file in the same folder and renamed over the old one
+(`os.replace` is atomic), so a crash mid-write leaves the previous checkpoint intact.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import os
+import random
+import tempfile
+from pathlib import Path
+
+import torch
+
+from correcteur.errors import UserError
+
+FORMAT_VERSION = 1
+HALF_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+# ----------------------------------------------------------------------------- atomic files
+
+
+def _atomic_write(path: str | Path, write) -> Path:
+    """Call `write(file)` on a temporary file next to `path`, then rename it to `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide results from the rest of the team
+        with os.fdopen(fd, "wb") as file:
+            write(file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def save_checkpoint(path: str | Path, state: dict) -> Path:
+    return _atomic_write(path, lambda file: torch.save(state, file))
+
+
+def write_json(path: str | Path, obj) -> Path:
+    text = json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n"
+    return _atomic_write(path, lambda file: file.write(text.encode("utf-8")))
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    """A checkpoint's dictionary on the CPU; a clear error for anything that is not one."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"no checkpoint at {path}")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises several types for truncated or foreign files
+        raise UserError(f"{path} is not a readable correcteur checkpoint ({type(error).__name__}: "
+                        f"{str(error)[:200]}); use the best.pt or last.pt of a training run") from None
+    if not isinstance(payload, dict) or payload.get("format_version") != FORMAT_VERSION:
+        raise UserError(f"{path} is not a correcteur checkpoint (format {FORMAT_VERSION}); "
+                        "train with `python -m correcteur train` to make one")
+    return payload
+
+
+# ----------------------------------------------------------------------------- resumable state
+
+
+def training_state(model, optimizer, scheduler, state, config, meta: dict, data_order: list) -> dict:
+    """The payload of last.pt; `state` is train.TrainState, `config` train.TrainConfig."""
+    if config.lora_rank:
+        from correcteur.lora import lora_state_dict
+
+        weights = lora_state_dict(model)
+    else:
+        weights = model.state_dict()
+    rng = {"python": random.getstate(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        rng["cuda"] = torch.cuda.get_rng_state_all()
+    return {
+        "format_version": FORMAT_VERSION, "kind": "resume", "lora": bool(config.lora_rank),
+        "model": weights, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+        "state": dataclasses.asdict(state), "rng": rng, "config": dataclasses.asdict(config),
+        "meta": meta, "data_order": data_order,
+    }
+
+
+def restore_training(saved: dict, model, optimizer, scheduler, path: Path, data_order: list):
+    """Load last.pt's payload into a freshly built model, optimizer and scheduler; put the RNGs
+    back; return the train.TrainState to continue from."""
+    from correcteur.train import TrainState
+
+    if saved.get("kind") != "resume":
+        raise UserError(f"{path} is not a resumable checkpoint; resume from a run's last.pt")
+    if saved["meta"]["model_cfg"] != model.cfg:
+        raise UserError(f"{path} was saved from a model with config {saved['meta']['model_cfg']}, "
+                        f"not {model.cfg}: resume with the same --model")
+    if saved["data_order"] != data_order:
+        raise UserError(f"the training data changed since {path} was saved (its batches differ): "
+                        "resume with the same data folder, or start a new run")
+    _load_weights(model, saved["model"], saved["lora"], path)
+    optimizer.load_state_dict(saved["optimizer"])
+    scheduler.load_state_dict(saved["scheduler"])
+    random.setstate(saved["rng"]["python"])
+    torch.set_rng_state(saved["rng"]["torch"])
+    if "cuda" in saved["rng"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(saved["rng"]["cuda"])
+    return TrainState(**saved["state"])
+
+
+def _load_weights(model, weights: dict, lora: bool, path: Path) -> None:
+    if lora:
+        from correcteur.lora import load_lora_state_dict
+
+        load_lora_state_dict(model, weights)
+        return
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as error:
+        raise UserError(f"{path} does not fit this model ({str(error)[:300]}); was it saved from "
+                        "another model size or family?") from None
+
+
+# ----------------------------------------------------------------------------- inference
+
+
+def inference_state(model, meta: dict, state, lora: bool = False) -> dict:
+    """The payload of best.pt: full weights, LoRA merged into a copy so training goes on."""
+    if lora:
+        from correcteur.lora import merge_lora
+
+        model = merge_lora(copy.deepcopy(model))
+    weights = _cpu_state_dict(model)
+    return {"format_version": FORMAT_VERSION, "kind": "inference", "model": weights,
+            "dtype": str(next(iter(weights.values())).dtype).removeprefix("torch."),
+            "step": state.step, "val_loss": state.best_val_loss, **meta}
+
+
+def _cpu_state_dict(model) -> dict:
+    """The state dict on the CPU with tied weights still one tensor, so saved once."""
+    copies: dict[int, torch.Tensor] = {}
+    weights = {}
+    for name, tensor in model.state_dict().items():
+        if tensor.data_ptr() not in copies:
+            copies[tensor.data_ptr()] = tensor.detach().cpu()
+        weights[name] = copies[tensor.data_ptr()]
+    return weights
+
+
+def _inference_file(path: str | Path) -> Path:
+    path = Path(path)
+    if path.is_dir():
+        path = path / "best.pt"
+        if not path.is_file():
+            raise UserError(f"no best.pt in {path.parent}: the run has not evaluated yet; train "
+                            "longer (at least --eval-freq steps) or pass a .pt file")
+    return path
+
+
+def _model_class(family: str):
+    if family == "gpt2":
+        from correcteur.model import GPTModel
+
+        return GPTModel
+    if family == "llama":
+        from correcteur.llama import LlamaModel
+
+        return LlamaModel
+    raise UserError(f"unknown model family {family!r} in the checkpoint")
+
+
+def _model_from_payload(payload: dict, path: Path, dtype: torch.dtype | None) -> torch.nn.Module:
+    """The model a best.pt describes, in `dtype` (None: as stored)."""
+    if payload.get("kind") != "inference":
+        raise UserError(f"{path} is a resumable training state, not a model for inference: use "
+                        "the best.pt next to it (or the run directory)")
+    model = _model_class(payload["family"])(payload["model_cfg"])
+    model.to(dtype or HALF_DTYPES.get(payload["dtype"], torch.float32))
+    try:
+        model.load_state_dict(payload["model"])
+    except RuntimeError as error:
+        raise UserError(f"{path}: its weights do not match its own model config "
+                        f"{payload['model_cfg']} ({str(error)[:300]}); the file was not written by "
+                        "this version of correcteur or was edited") from None
+    return model.eval()
+
+
+def load_for_inference(path: str | Path, device: str | torch.device | None = None,
+                       dtype: torch.dtype | None = torch.float32, tokenizer=None):
+    """`(model, tokenizer, meta)` from a run directory or an inference `.pt` (also a half one).
+
+    `dtype=None` keeps the stored precision; `tokenizer` overrides the one the checkpoint names."""
+    path = _inference_file(path)
+    payload = load_checkpoint(path)
+    model = _model_from_payload(payload, path, dtype)
+    if device is not None:
+        model.to(device)
+    if tokenizer is None:
+        from correcteur.tokenizer import get_tokenizer
+
+        tokenizer = get_tokenizer(payload["tokenizer"])
+    meta = {k: v for k, v in payload.items() if k != "model"}
+    return model, tokenizer, meta
+
+
+def export_half(path: str | Path, out: str | Path, dtype: torch.dtype = torch.bfloat16) -> Path:
+    """Write `path`'s inference checkpoint in half precision (about half the bytes) to `out`."""
+    names = {v: k for k, v in HALF_DTYPES.items()}
+    if dtype not in names:
+        raise ValueError(f"export_half writes bfloat16 or float16, not {dtype}")
+    path = _inference_file(path)
+    payload = load_checkpoint(path)
+    model = _model_from_payload(payload, path, dtype)  # tied weights stay one tensor
+    return save_checkpoint(out, {**payload, "model": model.state_dict(), "dtype": names[dtype]})

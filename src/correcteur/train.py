@@ -1,0 +1,676 @@
+"""Instruction fine-tuning: examples to batches, the course's loop, and `train(TrainConfig)`.
+
+The first half mirrors the course ("Build a Large Language Model (From Scratch)", chapters 5
+and 7): `InstructionDataset`, `custom_collate_fn`, `calc_loss_batch`, `calc_loss_loader`,
+`evaluate_model`, `train_model_simple`, `plot_losses`. Two things are added to the collate
+function: the prompt's tokens are masked from the loss (the model learns to write the
+correction, not to reproduce the typos of its input), and examples keep their prompt length.
+
+The second half is the loop to trust on a rented GPU: one `TrainConfig`, gradient
+accumulation and clipping, ReduceLROnPlateau, early stopping that ends *training* and keeps the
+best weights, a seeded data order per epoch, and atomic checkpoints that resume exactly
+(`checkpoint.py`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import random
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import psutil
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset, Sampler
+from tqdm.auto import tqdm
+
+from correcteur.errors import UserError
+from correcteur.generate import generate, text_to_token_ids, token_ids_to_text
+
+# ----------------------------------------------------------------------------- data to batches
+
+
+class InstructionDataset(Dataset):
+    """Instruction entries tokenised once: each item is `(token_ids, prompt_length)`.
+
+    The prompt (up to and including the response header) and the response are encoded
+    separately, exactly as the prompt is encoded at inference, so `prompt_length` is where the
+    response starts. Rule for over-long examples: an example of more than `max_length` tokens
+    (prompt + response; the end-of-text token is added by the collate function) is DROPPED, never
+    truncated (a cut response would teach the model to stop mid-sentence); `self.dropped`
+    counts them."""
+
+    def __init__(self, data: list[dict], tokenizer, prompt_style: str = "alpaca",
+                 max_length: int | None = None):
+        from correcteur.data import build_prompt
+
+        self.encoded_texts: list[list[int]] = []
+        self.prompt_lengths: list[int] = []
+        self.dropped = 0
+        for entry in data:
+            prompt = tokenizer.encode(build_prompt(entry, prompt_style))
+            ids = prompt + tokenizer.encode(entry["output"])
+            if max_length is not None and len(ids) > max_length:
+                self.dropped += 1
+                continue
+            self.encoded_texts.append(ids)
+            self.prompt_lengths.append(len(prompt))
+
+    def __getitem__(self, index: int) -> tuple[list[int], int]:
+        return self.encoded_texts[index], self.prompt_lengths[index]
+
+    def __len__(self) -> int:
+        return len(self.encoded_texts)
+
+    @property
+    def lengths(self) -> list[int]:
+        return [len(ids) for ids in self.encoded_texts]
+
+
+def custom_collate_fn(batch: list, pad_token_id: int = 50256, ignore_index: int = -100,
+                      allowed_max_length: int | None = None, device: str | torch.device = "cpu",
+                      mask_instruction: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stack examples into `(inputs, targets)`, both (batch, time), with the course's semantics.
+
+    Each example gets one end-of-text token (`pad_token_id`) and is padded with it to the
+    longest example + 1; inputs drop the last position and targets are shifted by one. In the
+    targets every padding token after the first one is `ignore_index`, so the model learns to
+    emit exactly one end-of-text. With `mask_instruction`, targets that are prompt tokens are
+    `ignore_index` too (items are `(token_ids, prompt_length)`; plain token lists, as in the
+    course, have no prompt to mask). Sequences are cut to `allowed_max_length` last."""
+    items = [item if isinstance(item, tuple) else (item, 0) for item in batch]
+    width = max(len(ids) for ids, _ in items) + 1
+    padded = torch.full((len(items), width), pad_token_id, dtype=torch.long)
+    for row, (ids, _) in enumerate(items):
+        padded[row, :len(ids)] = torch.tensor(ids, dtype=torch.long)
+    inputs, targets = padded[:, :-1], padded[:, 1:].clone()
+
+    is_pad = targets == pad_token_id
+    targets[is_pad & (is_pad.cumsum(dim=1) > 1)] = ignore_index
+    if mask_instruction:
+        for row, (_, prompt_length) in enumerate(items):
+            targets[row, :max(prompt_length - 1, 0)] = ignore_index
+
+    if allowed_max_length is not None:
+        inputs, targets = inputs[:, :allowed_max_length], targets[:, :allowed_max_length]
+    return inputs.to(device), targets.to(device)
+
+
+def batch_order(lengths: list[int], batch_size: int, seed: int, epoch: int,
+                group_by_length: bool = False) -> list[list[int]]:
+    """The batches of one epoch as lists of example indices, a pure function of (seed, epoch).
+
+    Being recomputable is what lets a resumed run see exactly the batches it would have seen.
+    With `group_by_length`, indices are shuffled, sorted by length inside windows of 50 batches
+    and the batches shuffled again: little padding, still a random order. The last batch may be
+    smaller: every example is seen every epoch."""
+    rng = np.random.default_rng([seed, epoch])
+    order = rng.permutation(len(lengths)).tolist()
+    if group_by_length:
+        window = batch_size * 50
+        order = [i for start in range(0, len(order), window)
+                 for i in sorted(order[start:start + window], key=lambda i: -lengths[i])]
+    batches = [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
+    if group_by_length:
+        batches = [batches[i] for i in rng.permutation(len(batches))]
+    return batches
+
+
+class EpochBatchSampler(Sampler):
+    """`batch_order` as a `DataLoader(batch_sampler=...)`; call `set_epoch` before each epoch."""
+
+    def __init__(self, lengths: list[int], batch_size: int, seed: int = 123,
+                 group_by_length: bool = False):
+        self.lengths, self.batch_size, self.seed = lengths, batch_size, seed
+        self.group_by_length = group_by_length
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        return iter(batch_order(self.lengths, self.batch_size, self.seed, self.epoch, self.group_by_length))
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.lengths) / self.batch_size)
+
+
+# ----------------------------------------------------------------------------- the course's loop
+
+
+def calc_loss_batch(input_batch: torch.Tensor, target_batch: torch.Tensor, model: torch.nn.Module,
+                    device: str | torch.device) -> torch.Tensor:
+    """Mean cross-entropy over the target tokens that are not `-100`."""
+    input_batch, target_batch = input_batch.to(device), target_batch.to(device)
+    logits = model(input_batch)
+    return F.cross_entropy(logits.flatten(0, 1).float(), target_batch.flatten())
+
+
+def calc_loss_loader(data_loader, model: torch.nn.Module, device: str | torch.device,
+                     num_batches: int | None = None) -> float:
+    """Average batch loss over the first `num_batches` batches (all when None); NaN when empty."""
+    if len(data_loader) == 0:
+        return float("nan")
+    num_batches = len(data_loader) if num_batches is None else min(num_batches, len(data_loader))
+    total_loss = 0.0
+    for i, (input_batch, target_batch) in enumerate(data_loader):
+        if i >= num_batches:
+            break
+        total_loss += calc_loss_batch(input_batch, target_batch, model, device).item()
+    return total_loss / num_batches
+
+
+def evaluate_model(model: torch.nn.Module, train_loader, val_loader, device: str | torch.device,
+                   eval_iter: int | None) -> tuple[float, float]:
+    model.eval()
+    with torch.no_grad():
+        train_loss = calc_loss_loader(train_loader, model, device, num_batches=eval_iter)
+        val_loss = calc_loss_loader(val_loader, model, device, num_batches=eval_iter)
+    model.train()
+    return train_loss, val_loss
+
+
+def generate_and_print_sample(model: torch.nn.Module, tokenizer, device: str | torch.device,
+                              start_context: str, max_new_tokens: int = 50) -> str:
+    """Greedy continuation of `start_context`, printed on one line (and returned)."""
+    model.eval()
+    encoded = text_to_token_ids(start_context, tokenizer).to(device)
+    token_ids = generate(model, encoded, max_new_tokens=max_new_tokens,
+                         context_size=model.context_length, eos_id=tokenizer.eot_token)
+    text = token_ids_to_text(token_ids, tokenizer)
+    print(text.replace("\n", " "))
+    model.train()
+    return text
+
+
+def train_model_simple(model: torch.nn.Module, train_loader, val_loader, optimizer, device,
+                       num_epochs: int, eval_freq: int, eval_iter: int, start_context: str,
+                       tokenizer) -> tuple[list[float], list[float], list[int]]:
+    """The course's loop, as is: no early stopping, no checkpoints (see `train` for those)."""
+    train_losses, val_losses, track_tokens_seen = [], [], []
+    tokens_seen, global_step = 0, -1
+    for epoch in range(num_epochs):
+        model.train()
+        for input_batch, target_batch in train_loader:
+            optimizer.zero_grad()
+            loss = calc_loss_batch(input_batch, target_batch, model, device)
+            loss.backward()
+            optimizer.step()
+            tokens_seen += input_batch.numel()
+            global_step += 1
+            if global_step % eval_freq == 0:
+                train_loss, val_loss = evaluate_model(model, train_loader, val_loader, device, eval_iter)
+                train_losses.append(train_loss)
+                val_losses.append(val_loss)
+                track_tokens_seen.append(tokens_seen)
+                print(f"Ep {epoch + 1} (Step {global_step:06d}): "
+                      f"Train loss {train_loss:.3f}, Val loss {val_loss:.3f}")
+        generate_and_print_sample(model, tokenizer, device, start_context)
+    return train_losses, val_losses, track_tokens_seen
+
+
+def plot_losses(epochs_seen, tokens_seen, train_losses, val_losses, path: str | Path | None = None):
+    """The course's loss plot (epochs below, tokens seen above), saved as PNG when `path` is given.
+
+    Returns the figure, closed in pyplot so that a notebook shows it once: as the value of
+    the cell's last line."""
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    fig, ax1 = plt.subplots(figsize=(5, 3))
+    ax1.plot(epochs_seen, train_losses, label="Training loss")
+    ax1.plot(epochs_seen, val_losses, linestyle="-.", label="Validation loss")
+    ax1.set_xlabel("Epochs")
+    ax1.set_ylabel("Loss")
+    ax1.legend(loc="upper right")
+    ax1.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax2 = ax1.twiny()  # a second x-axis for tokens seen, on the same curve
+    ax2.plot(tokens_seen, train_losses, alpha=0)
+    ax2.set_xlabel("Tokens seen")
+    fig.tight_layout()
+    if path is not None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return fig
+
+
+def plot_history(history: list[dict], path: str | Path | None = None):
+    """`plot_losses` of a run's recorded evaluations (`TrainResult.history` or history.json)."""
+    if not history:
+        raise UserError("no evaluation was recorded: train for at least --eval-freq steps")
+    return plot_losses(*([r[k] for r in history] for k in ("epochs_seen", "tokens_seen", "train_loss", "val_loss")),
+                       path=path)
+
+
+# ----------------------------------------------------------------------------- the full run
+
+
+def _option(default, help: str, type=None, flag: str | None = None):
+    """A TrainConfig field whose metadata builds its command-line option."""
+    metadata = {"help": help, "type": type, "flag": flag}
+    return field(default=default, metadata=metadata)
+
+
+@dataclass
+class TrainConfig:
+    """Everything one training run depends on; saved as `config.json` in the run directory."""
+
+    model: str = _option("gpt2-medium", "base model: gpt2, gpt2-medium, ..., or a name weights.py knows")
+    data_dir: str = _option("data", "folder holding train.json and val.json (from `correcteur data`)", flag="--data")
+    out_dir: str = _option("checkpoints", "folder that receives the run directory", flag="--out")
+    run_name: str | None = _option(None, "run directory inside --out; none: the model name (+ -loraR with LoRA)", type=str)
+    models_dir: str = _option("checkpoints", "where downloaded base weights live (weights.py)")
+    allow_scratch: bool = _option(False, "train from random weights when no pretrained weights exist (says so loudly)")
+    prompt_style: str = _option("alpaca", "prompt template of data.build_prompt: alpaca or short")
+    lr: float = _option(5e-5, "AdamW learning rate")
+    weight_decay: float = _option(0.1, "AdamW weight decay")
+    num_epochs: int = _option(5, "passes over the training set")
+    batch_size: int = _option(8, "examples per micro-batch")
+    grad_accum_steps: int = _option(1, "micro-batches per optimizer step (effective batch = batch_size x this)")
+    eval_freq: int = _option(5, "evaluate every this many optimizer steps")
+    eval_iter: int = _option(5, "batches of train and of validation data per evaluation")
+    patience: int = _option(4, "stop training after this many evaluations without a better validation loss")
+    lr_factor: float = _option(0.5, "ReduceLROnPlateau: multiply the learning rate by this on a plateau")
+    lr_patience: int = _option(2, "ReduceLROnPlateau: evaluations without improvement before reducing")
+    max_grad_norm: float = _option(1.0, "clip the gradient norm to this (0 = no clipping)")
+    allowed_max_length: int | None = _option(
+        None, "longest example in tokens, longer ones are dropped and counted; none: the model's context", type=int)
+    mask_instruction: bool = _option(True, "leave the prompt's tokens out of the loss")
+    group_by_length: bool = _option(False, "batch examples of similar length together (less padding)")
+    seed: int = _option(123, "seed of initialisation, data order and dropout")
+    device: str = _option("auto", "auto (CUDA, then MPS, then CPU), cuda, mps or cpu")
+    compile: bool = _option(False, "torch.compile the model (CUDA; slow start, faster steps)")
+    lora_rank: int = _option(0, "LoRA rank (0 = full fine-tuning)")
+    lora_alpha: float = _option(16.0, "LoRA alpha (scale = alpha / rank)")
+    checkpoint_every: int = _option(100, "save the resumable last.pt every this many steps")
+    max_steps: int | None = _option(None, "stop after this many optimizer steps (resumable)", type=int)
+    max_minutes: float | None = _option(None, "stop after this many minutes of training (resumable)", type=float)
+
+    @property
+    def run_dir(self) -> Path:
+        name = self.run_name or self.model.replace("/", "_") + (f"-lora{self.lora_rank}" if self.lora_rank else "")
+        return Path(self.out_dir) / name
+
+
+# Settings a resumed run may change: budgets and where it runs, not what it computes.
+RESUMABLE_CHANGES = {"max_steps", "max_minutes", "checkpoint_every", "device", "compile", "num_epochs"}
+
+
+@dataclass
+class TrainState:
+    """Where a run stands; everything in it goes into last.pt."""
+
+    step: int = 0
+    epoch: int = 0
+    step_in_epoch: int = 0  # optimizer steps already done in `epoch`
+    tokens_seen: int = 0
+    elapsed_s: float = 0.0
+    best_val_loss: float = math.inf
+    best_step: int = 0
+    bad_evals: int = 0
+    history: list[dict] = field(default_factory=list)
+    stop_reason: str | None = None  # "early_stopping" or "completed" once training is over
+
+
+@dataclass
+class TrainResult:
+    model: torch.nn.Module  # with the best weights (merged when LoRA)
+    history: list[dict]
+    run_dir: Path
+    summary: dict
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    if name != "auto":
+        return torch.device(name)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def autocast_for(device: torch.device):
+    """bf16 autocast on GPUs that support it (with TF32 matmuls); full precision elsewhere."""
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        if torch.cuda.is_bf16_supported():
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def peak_memory_mb(device: torch.device, previous: float = 0.0) -> dict:
+    """Largest resident memory seen so far (sampled: pass the previous value) and CUDA's peak."""
+    memory = {"ram_mb": max(previous, psutil.Process().memory_info().rss / 2**20)}
+    if device.type == "cuda":
+        memory["cuda_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+    return memory
+
+
+def load_split(data_dir: str | Path, split: str) -> list[dict]:
+    """A JSON list of instruction entries, checked enough to fail early with a useful message."""
+    path = Path(data_dir) / f"{split}.json"
+    if not path.is_file():
+        raise UserError(f"no {path}: build the dataset first with `python -m correcteur data`, "
+                        "or point --data at the folder that holds train.json and val.json")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise UserError(f"{path} is not valid UTF-8 JSON ({error}); rebuild it with `python -m correcteur data`") from None
+    required = {"instruction", "input", "output"}
+    if not isinstance(data, list) or not data or not all(isinstance(e, dict) and required <= e.keys() for e in data):
+        raise UserError(f"{path} must be a non-empty JSON list of entries with keys {sorted(required)}")
+    return data
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _steps_of_epoch(dataset: InstructionDataset, config: TrainConfig, epoch: int) -> list[list[list[int]]]:
+    """The epoch's optimizer steps, each a list of `grad_accum_steps` micro-batches (fewer at the end)."""
+    batches = batch_order(dataset.lengths, config.batch_size, config.seed, epoch, config.group_by_length)
+    k = config.grad_accum_steps
+    return [batches[i:i + k] for i in range(0, len(batches), k)]
+
+
+def _build_model(config: TrainConfig, model, tokenizer):
+    """The base model and tokenizer (given, or loaded by weights.py) and what they are."""
+    if model is not None:
+        return model, tokenizer, {"name": config.model, "pretrained": None, "source": "given by the caller"}
+    from correcteur.weights import load_base_model
+
+    model, tokenizer, info = load_base_model(config.model, config.models_dir, config.allow_scratch, config.seed)
+    return model, tokenizer, dict(info)
+
+
+def _check_resumable(saved: dict, config: TrainConfig, path: Path) -> None:
+    changed = [k for k, v in dataclasses.asdict(config).items()
+               if k not in RESUMABLE_CHANGES and saved.get(k) != v]
+    if changed:
+        details = ", ".join(f"{k}: {saved.get(k)!r} in the checkpoint, {getattr(config, k)!r} now" for k in changed)
+        raise UserError(f"{path} belongs to a different run ({details}); resume with the same settings "
+                        "or start a new run with another --run-name")
+
+
+class _DeferInterrupt:
+    """Turn the first Ctrl-C into a request honoured between steps, so the checkpoint written
+    on the way out is never half an optimizer update. A second Ctrl-C interrupts at once."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def _handler(self, signum, frame):
+        self.requested = True
+        signal.signal(signal.SIGINT, self._previous)
+        tqdm.write("Ctrl-C: stopping after this step and saving last.pt (press again to abort now)")
+
+    def __enter__(self):
+        with contextlib.suppress(ValueError):  # not the main thread: keep the default behaviour
+            self._previous = signal.signal(signal.SIGINT, self._handler)
+        return self
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            with contextlib.suppress(ValueError):
+                signal.signal(signal.SIGINT, self._previous)
+        return False
+
+
+def train(config: TrainConfig, model: torch.nn.Module | None = None, tokenizer=None,
+          resume: bool = False) -> TrainResult:
+    """Fine-tune on `config.data_dir`'s train/val split; writes config.json, history.json,
+    summary.json, best.pt and last.pt in `config.run_dir`. Pass `model` and `tokenizer` to
+    train something `weights.load_base_model` does not build (tests, notebooks)."""
+    from correcteur import checkpoint as ckpt
+
+    run_dir = config.run_dir
+    last_path = run_dir / "last.pt"
+    saved = None
+    if resume:
+        if not last_path.is_file():
+            raise UserError(f"nothing to resume: no {last_path}; start the run without --resume")
+        saved = ckpt.load_checkpoint(last_path)
+        _check_resumable(saved["config"], config, last_path)
+    elif last_path.exists():
+        raise UserError(f"{run_dir} already holds a run: continue it with --resume, or pick another "
+                        "--run-name or --out")
+
+    splits = {name: load_split(config.data_dir, name) for name in ("train", "val")}
+    device = pick_device(config.device)
+    _seed_everything(config.seed)
+    model, tokenizer, base_info = _build_model(config, model, tokenizer)
+    if base_info["pretrained"] is False:
+        print("!" * 72 + f"\n!! {config.model}: NO PRETRAINED WEIGHTS, training from random "
+              "initialisation\n" + "!" * 72)
+    if config.lora_rank:
+        from correcteur.lora import apply_lora
+
+        apply_lora(model, rank=config.lora_rank, alpha=config.lora_alpha, seed=config.seed)
+    model.to(device)
+    meta = {"model_cfg": model.cfg, "family": model.family, "model_name": base_info["name"],
+            "tokenizer": tokenizer.name, "prompt_style": config.prompt_style, "base": base_info}
+
+    max_length = min(config.allowed_max_length or model.context_length, model.context_length)
+    train_data, val_data = (InstructionDataset(splits[name], tokenizer, config.prompt_style, max_length)
+                            for name in ("train", "val"))
+    for name, dataset in (("train", train_data), ("val", val_data)):
+        if dataset.dropped:
+            print(f"{name}: dropped {dataset.dropped} examples longer than {max_length} tokens")
+        if not len(dataset):
+            raise UserError(f"every {name} example is longer than {max_length} tokens; "
+                            "raise --allowed-max-length (up to the model's context)")
+
+    def collate(dataset, indices):
+        return custom_collate_fn([dataset[i] for i in indices], pad_token_id=tokenizer.eot_token,
+                                 mask_instruction=config.mask_instruction)
+
+    # The same batches at every evaluation, so that successive losses compare.
+    eval_batches = {name: [collate(ds, b) for b in batch_order(ds.lengths, config.batch_size, config.seed, 0)
+                           [:config.eval_iter]] for name, ds in (("train", train_data), ("val", val_data))}
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay,
+                                  fused=device.type == "cuda")
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+        optimizer, mode="min", factor=config.lr_factor, patience=config.lr_patience)
+    state = TrainState()
+    if saved is not None:
+        state = ckpt.restore_training(saved, model, optimizer, scheduler, last_path,
+                                      _steps_of_epoch(train_data, config, saved["state"]["epoch"]))
+    forward_model = torch.compile(model) if config.compile else model
+    amp = autocast_for(device)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    ckpt.write_json(run_dir / "config.json", dataclasses.asdict(config))
+
+    def save_last():
+        ckpt.save_checkpoint(last_path, ckpt.training_state(
+            model, optimizer, scheduler, state, config, meta, _steps_of_epoch(train_data, config, state.epoch)))
+        ckpt.write_json(run_dir / "history.json", state.history)
+
+    steps_per_epoch = len(_steps_of_epoch(train_data, config, 0))
+    total = config.num_epochs * steps_per_epoch
+    if config.max_steps is not None:
+        total = min(total, config.max_steps)
+    memory = peak_memory_mb(device)
+    start = time.perf_counter() - state.elapsed_s
+    bar = tqdm(total=total, initial=min(state.step, total), desc="train", unit="step", dynamic_ncols=True)
+    model.train()
+    with _DeferInterrupt() as interrupt:
+        while state.stop_reason != "early_stopping" and state.epoch < config.num_epochs:
+            steps = _steps_of_epoch(train_data, config, state.epoch)
+            for micro_batches in steps[state.step_in_epoch:]:
+                if config.max_steps is not None and state.step >= config.max_steps:
+                    break
+                if config.max_minutes is not None and time.perf_counter() - start >= 60 * config.max_minutes:
+                    break
+                micro = [collate(train_data, indices) for indices in micro_batches]
+                loss = train_step(forward_model, optimizer, params, micro, device, amp, config.max_grad_norm, state)
+                state.step_in_epoch += 1
+                state.elapsed_s = time.perf_counter() - start
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss:.3f}", lr=f"{optimizer.param_groups[0]['lr']:.1e}")
+                if state.step % config.eval_freq == 0:
+                    memory = peak_memory_mb(device, memory["ram_mb"])
+                    record = _evaluate(forward_model, eval_batches, device, amp, optimizer, scheduler, state,
+                                       memory, steps_per_epoch)
+                    bar.set_postfix(train=f"{record['train_loss']:.3f}", val=f"{record['val_loss']:.3f}",
+                                    lr=f"{record['lr']:.1e}")
+                    if state.bad_evals == 0:
+                        best = ckpt.inference_state(model, meta, state, lora=bool(config.lora_rank))
+                        ckpt.save_checkpoint(run_dir / "best.pt", best)
+                    elif state.bad_evals >= config.patience:
+                        state.stop_reason = "early_stopping"
+                if interrupt.requested or state.step % config.checkpoint_every == 0:
+                    save_last()
+                if interrupt.requested:
+                    bar.close()
+                    message = f"training stopped at step {state.step}, saved in {last_path}; resume it with --resume"
+                    print(message)
+                    raise KeyboardInterrupt(message)
+                if state.stop_reason == "early_stopping":
+                    break
+            else:  # the epoch ran to its end
+                state.epoch, state.step_in_epoch = state.epoch + 1, 0
+                generate_sample(model, tokenizer, val_data, device)
+                continue
+            break  # a budget or early stopping ended the epoch early
+    bar.close()
+    if state.stop_reason != "early_stopping" and state.epoch >= config.num_epochs:
+        state.stop_reason = "completed"
+    save_last()
+    return _finish(model, config, state, meta, memory, device)
+
+
+def train_step(model, optimizer, params, micro_batches, device, amp, max_grad_norm: float,
+               state: TrainState) -> float:
+    """One optimizer step over its micro-batches; returns the step's mean loss."""
+    optimizer.zero_grad(set_to_none=True)
+    step_loss = 0.0
+    for inputs, targets in micro_batches:
+        with amp:
+            loss = calc_loss_batch(inputs, targets, model, device) / len(micro_batches)
+        loss.backward()
+        step_loss += loss.item()
+        state.tokens_seen += inputs.numel()
+    if max_grad_norm:
+        torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+    optimizer.step()
+    state.step += 1
+    return step_loss
+
+
+def _evaluate(model, eval_batches, device, amp, optimizer, scheduler, state: TrainState, memory: dict,
+              steps_per_epoch: int) -> dict:
+    """Evaluate, step the scheduler and the early-stopping counter, and record it all."""
+    with amp:
+        train_loss, val_loss = evaluate_model(model, eval_batches["train"], eval_batches["val"], device, None)
+    record = {"step": state.step, "epoch": state.epoch,
+              "epochs_seen": round(state.epoch + state.step_in_epoch / steps_per_epoch, 4),
+              "train_loss": train_loss, "val_loss": val_loss,
+              "tokens_seen": state.tokens_seen, "lr": optimizer.param_groups[0]["lr"],
+              "wall_time_s": round(state.elapsed_s, 3), **{f"peak_{k}": round(v, 1) for k, v in memory.items()}}
+    state.history.append(record)
+    scheduler.step(val_loss)
+    if val_loss < state.best_val_loss:
+        state.best_val_loss, state.best_step, state.bad_evals = val_loss, state.step, 0
+    else:
+        state.bad_evals += 1
+    return record
+
+
+def generate_sample(model, tokenizer, dataset: InstructionDataset, device, max_new_tokens: int = 48) -> None:
+    """Print the model's answer to the first validation prompt, to see training at work."""
+    ids, prompt_length = dataset[0]
+    model.eval()
+    idx = torch.tensor([ids[:prompt_length]], device=device)
+    out = generate(model, idx, max_new_tokens=max_new_tokens, context_size=model.context_length,
+                   eos_id=tokenizer.eot_token)
+    model.train()
+    tqdm.write("sample: " + tokenizer.decode(out[0, prompt_length:].tolist()).replace("\n", " "))
+
+
+def _finish(model, config: TrainConfig, state: TrainState, meta: dict, memory: dict, device) -> TrainResult:
+    """Put the best weights back, write summary.json and say how it went."""
+    from correcteur import checkpoint as ckpt
+
+    run_dir = config.run_dir
+    best_path = run_dir / "best.pt"
+    if config.lora_rank:
+        from correcteur.lora import merge_lora
+
+        model = merge_lora(model)
+    if best_path.is_file():
+        model.load_state_dict(ckpt.load_checkpoint(best_path)["model"])
+    memory = peak_memory_mb(device, memory["ram_mb"])
+    summary = {
+        "stop_reason": state.stop_reason or "budget", "steps": state.step, "epochs_done": state.epoch,
+        "best_step": state.best_step, "best_val_loss": state.best_val_loss if state.history else None,
+        "tokens_seen": state.tokens_seen, "train_seconds": round(state.elapsed_s, 1),
+        "tokens_per_s": round(state.tokens_seen / max(state.elapsed_s, 1e-9), 1),
+        "device": str(device), "pretrained": meta["base"]["pretrained"],
+        **{f"peak_{k}": round(v, 1) for k, v in memory.items()},
+    }
+    ckpt.write_json(run_dir / "summary.json", summary)
+    best = f"best val loss {state.best_val_loss:.4f} at step {state.best_step}" if state.history else "no evaluation"
+    print(f"{summary['stop_reason']} after {state.step} steps ({state.elapsed_s / 60:.1f} min, "
+          f"{summary['tokens_per_s']:.0f} tokens/s); {best}; peak RAM {memory['ram_mb']:.0f} MB"
+          + (f", CUDA {memory['cuda_mb']:.0f} MB" if "cuda_mb" in memory else "") + f"; saved in {run_dir}")
+    return TrainResult(model=model, history=state.history, run_dir=run_dir, summary=summary)
+
+
+# ----------------------------------------------------------------------------- command line
+
+
+def add_train_arguments(parser) -> None:
+    """One option per TrainConfig field, with its help text and default."""
+    import argparse
+
+    for f in dataclasses.fields(TrainConfig):
+        flag = f.metadata["flag"] or "--" + f.name.replace("_", "-")
+        if isinstance(f.default, bool):
+            parser.add_argument(flag, dest=f.name, default=f.default, help=f.metadata["help"],
+                                action=argparse.BooleanOptionalAction)
+        else:
+            parser.add_argument(flag, dest=f.name, default=f.default, help=f.metadata["help"],
+                                type=f.metadata["type"] or type(f.default))
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the run in --out/--run-name exactly where its last.pt stopped")
+
+
+def resumed_config(config: TrainConfig) -> TrainConfig:
+    """With --resume, every setting left at its default comes from the run's config.json, so
+    `--resume` alone continues a run; settings given explicitly are kept (and checked)."""
+    path = config.run_dir / "config.json"
+    if not path.is_file():
+        return config  # train() explains that there is nothing to resume
+    saved = json.loads(path.read_text(encoding="utf-8"))
+    defaults = TrainConfig()
+    merged = {f.name: getattr(config, f.name) if getattr(config, f.name) != getattr(defaults, f.name)
+              else saved.get(f.name, getattr(defaults, f.name)) for f in dataclasses.fields(TrainConfig)}
+    return TrainConfig(**merged)
+
+
+def run_train(args) -> int:
+    config = TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
+    if args.resume:
+        config = resumed_config(config)
+    try:
+        train(config, resume=args.resume)
+    except torch.cuda.OutOfMemoryError:
+        raise UserError(
+            f"the GPU ran out of memory with batch size {config.batch_size}: try a smaller --batch-size "
+            "with --grad-accum-steps to keep the effective batch, a lower --allowed-max-length, or "
+            "--lora-rank 16; then --resume if a last.pt was saved") from None
+    return 0

@@ -1,0 +1,84 @@
+"""The guard keeps the model's edits only where they pass; its tuning meets the targets."""
+
+import torch
+
+from correcteur.data import build_prompt
+from correcteur.guard import (
+    Guard,
+    GuardConfig,
+    guard_for_checkpoint,
+    load_guard_config,
+    save_guard_config,
+    tune_guard,
+)
+from correcteur.model import GPTModel
+
+LEXICON = frozenset({"les", "enfants", "sont", "allés", "à", "école", "l", "il", "faut", "que", "tu", "viennes", "viens"})
+TINY = {"vocab_size": 50257, "context_length": 128, "emb_dim": 32, "n_heads": 2, "n_layers": 1,
+        "drop_rate": 0.0, "qkv_bias": True}
+
+
+def make_guard(tokenizer, **config) -> Guard:
+    torch.manual_seed(0)
+    return Guard(GPTModel(TINY).eval(), tokenizer, "short", GuardConfig(**config), lexicon=LEXICON)
+
+
+def test_lexicon_keeps_known_edits_and_undoes_unknown_ones(tokenizer):
+    guard = make_guard(tokenizer)
+    source = "Les enfant sont aller a l'école."
+    candidate = "Les enfants sont allézz à l'école."
+    # enfant→enfants and a→à bring in known words; aller→allézz does not and is put back.
+    assert guard.known_words_only(source, candidate) == "Les enfants sont aller à l'école."
+    # Words already in the source are always allowed, whatever the lexicon says.
+    assert guard.known_words_only("Xyz abc.", "abc Xyz.") == "abc Xyz."
+
+
+def test_decide_reasons(tokenizer):
+    guard = make_guard(tokenizer, max_edit_ratio=0.2, min_margin=-1e9)
+    source = "Il faut que tu viens."
+    assert guard.decide(source, source) == (source, "unchanged")
+    assert guard.decide(source, "   ") == (source, "empty")
+    assert guard.decide(source, "Tout autre chose, vraiment rien à voir.") == (source, "edit budget")
+    assert guard.decide(source, "Il faut que tu vienzz.") == (source, "lexicon")
+    assert guard.decide(source, "Il faut que tu viennes.") == ("Il faut que tu viennes.", "accepted")
+    strict = make_guard(tokenizer, max_edit_ratio=0.2, min_margin=1e9)
+    assert strict.decide(source, "Il faut que tu viennes.") == (source, "margin")
+
+
+def test_log_prob_is_the_sum_of_the_answer_tokens_log_probabilities(tokenizer):
+    guard = make_guard(tokenizer)
+    source, answer = "Il faut que tu viens.", "Il faut que tu viennes."
+    prompt = tokenizer.encode(build_prompt({"instruction": "Corrigez le texte suivant.", "input": source}, "short"))
+    target = tokenizer.encode(answer) + [tokenizer.eot_token]
+    ids = torch.tensor([prompt + target])
+    with torch.no_grad():
+        log_probs = torch.log_softmax(guard.model(ids)[0], dim=-1)
+    expected = sum(log_probs[len(prompt) - 1 + i, t].item() for i, t in enumerate(target))
+    assert abs(guard.log_prob(source, answer) - expected) < 1e-4
+    assert abs(guard.margin(source, source)) < 1e-6
+
+
+def test_tuning_picks_the_best_setting_within_the_harm_budget(tokenizer, monkeypatch):
+    guard = make_guard(tokenizer)
+    # Both edits use known words, so only the model's confidence can separate them:
+    # good fixes get a margin of 3, the harmful edit 0.5.
+    monkeypatch.setattr(Guard, "margin", lambda self, s, c: 3.0 if "enfants" in c else 0.5)
+    good = {"input": "Les enfant sont là.", "output": "Les enfants sont là.",
+            "raw_response": "Les enfants sont là.", "error_types": ["agreement"]}
+    harmful = {"input": "Il faut que tu viennes.", "output": "Il faut que tu viennes.",
+               "raw_response": "Il faut que tu viens.", "error_types": []}
+    entries = [good] * 8 + [harmful] * 2
+    config, grid = tune_guard(guard, entries)
+    assert len(grid) == 5 * 5 * 2
+    assert 0.5 < config.min_margin <= 3.0  # rejects the harmful edits, keeps the fixes
+    best = next(r for r in grid if (r["max_edit_ratio"], r["min_margin"], r["lexicon"])
+                == (config.max_edit_ratio, config.min_margin, config.lexicon))
+    assert best["harm_rate"] == 0 and best["error_reduction"] == 1.0 and best["clean_preserved"] == 1.0
+
+
+def test_config_round_trip_next_to_a_checkpoint(tmp_path, tokenizer):
+    assert load_guard_config(tmp_path) == GuardConfig()  # untuned: the defaults
+    save_guard_config(GuardConfig(0.2, 1.5, False), tmp_path, {"entries": 3})
+    assert load_guard_config(tmp_path) == GuardConfig(0.2, 1.5, False)
+    guard = guard_for_checkpoint(GPTModel(TINY), tokenizer, "short", tmp_path / "best.pt")
+    assert guard.config == GuardConfig(0.2, 1.5, False)
