@@ -1,0 +1,341 @@
+"""Reference-based scores of a corrector, always next to the do-nothing (copy) baseline.
+
+A corrector can look good on its own numbers while doing worse than returning its input
+unchanged (the project we descend from did, on 182 of 300 entries). So every score here is
+relative to the input: `error_reduction` is 0 for the copy and negative when the corrector
+adds more errors than it removes, `harm_rate` counts the entries it made worse, and
+`clean_preserved` checks that correct sentences are left alone.
+
+Texts are compared after Unicode NFC normalisation and stripping of surrounding whitespace;
+the dataset's task prefix (`grammaire: `) is removed from the input first.
+
+Word-level edits (for precision, recall and F0.5): both texts are split into words and single
+punctuation marks (`\\w+|[^\\w\\s]`), then the input is aligned with a target (the reference,
+or the response) by a word-level Levenshtein alignment with unit costs; ties go to matches,
+then substitutions, deletions, insertions. An edit `(start, end, replacement)` replaces input
+words `start:end` by the target words `replacement` (an insertion has start == end). Each
+substituted word is its own edit, unless the run of changed words around it also inserts or
+deletes words: then the whole run is one edit, so that one fix spread over several words
+("bienmangé" → "bien mangé") counts once. A proposed edit is correct when the response makes
+exactly the same edit as the reference: same input span, same replacement.
+Whitespace-only differences are invisible at word level; the character error rate sees them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import math
+import os
+import re
+import statistics
+import tempfile
+import unicodedata
+from pathlib import Path
+from typing import NamedTuple
+
+from correcteur.baselines import copy_baseline
+from correcteur.errors import UserError
+
+DEFAULT_PREFIX = "grammaire: "
+BETA = 0.5  # F0.5: a wrong correction costs more than a missed one, as in grammatical error correction
+WORD = re.compile(r"\w+|[^\w\s]")
+SCORE_KEYS = ("n", "n_with_errors", "n_clean", "exact_match", "cer", "copy_cer",
+              "error_reduction", "harm_rate", "clean_preserved", "precision", "recall", "f0_5")
+
+
+def levenshtein(a: str, b: str) -> int:
+    """Character edit distance (insertions, deletions, substitutions all cost 1).
+
+    Two rows of the dynamic programme; the common prefix and suffix are skipped first, which
+    makes near-identical sentences (the usual case here) cost little more than a comparison."""
+    start = 0
+    while start < len(a) and start < len(b) and a[start] == b[start]:
+        start += 1
+    end_a, end_b = len(a), len(b)
+    while end_a > start and end_b > start and a[end_a - 1] == b[end_b - 1]:
+        end_a -= 1
+        end_b -= 1
+    a, b = a[start:end_a], b[start:end_b]
+    if len(a) < len(b):
+        a, b = b, a
+    previous = list(range(len(b) + 1))
+    for i, char_a in enumerate(a, 1):
+        left = i
+        current = [left]
+        for char_b, diagonal, up in zip(b, previous, previous[1:], strict=False):
+            if char_a != char_b:  # else the diagonal (keep the character) is always cheapest
+                if up < diagonal:
+                    diagonal = up
+                if left < diagonal:
+                    diagonal = left
+                diagonal += 1
+            left = diagonal
+            current.append(left)
+        previous = current
+    return previous[-1]
+
+
+class Edit(NamedTuple):
+    """Input words `start:end` replaced by `replacement` (empty for a deletion)."""
+
+    start: int
+    end: int
+    replacement: tuple[str, ...]
+
+
+def words(text: str) -> list[str]:
+    return WORD.findall(text)
+
+
+def word_edits(source: list[str], target: list[str]) -> list[Edit]:
+    """The edits of a word-level Levenshtein alignment of `source` to `target` (see the
+    module docstring for how ties and adjacent changes are handled)."""
+    n, m = len(source), len(target)
+    dist = [[i + j if i == 0 or j == 0 else 0 for j in range(m + 1)] for i in range(n + 1)]
+    for i in range(1, n + 1):
+        for j in range(1, m + 1):
+            substitute = dist[i - 1][j - 1] + (source[i - 1] != target[j - 1])
+            dist[i][j] = min(substitute, dist[i - 1][j] + 1, dist[i][j - 1] + 1)
+    ops = []  # (kind, source position, target position), collected right to left
+    i, j = n, m
+    while i > 0 or j > 0:
+        if i and j and dist[i][j] == dist[i - 1][j - 1] + (source[i - 1] != target[j - 1]):
+            kind = "keep" if source[i - 1] == target[j - 1] else "substitute"
+            i, j = i - 1, j - 1
+        elif i and dist[i][j] == dist[i - 1][j] + 1:
+            kind, i = "delete", i - 1
+        else:
+            kind, j = "insert", j - 1
+        ops.append((kind, i, j))
+    edits = []
+    for changed, run in itertools.groupby(reversed(ops), key=lambda op: op[0] != "keep"):
+        run = list(run)
+        if not changed:
+            continue
+        pieces = [[op] for op in run] if all(op[0] == "substitute" for op in run) else [run]
+        for piece in pieces:
+            start, target_start = piece[0][1], piece[0][2]
+            end = start + sum(kind != "insert" for kind, _, _ in piece)
+            target_end = target_start + sum(kind != "delete" for kind, _, _ in piece)
+            edits.append(Edit(start, end, tuple(target[target_start:target_end])))
+    return edits
+
+
+def normalize(text: str) -> str:
+    return unicodedata.normalize("NFC", text).strip()
+
+
+def entry_texts(entry: dict, prefix: str = DEFAULT_PREFIX, index: int = 0,
+                response_key: str = "model_response") -> tuple[str, str, str]:
+    """(input without its prefix, reference, response) of an entry, normalised."""
+    texts = []
+    for key in ("input", "output", response_key):
+        value = entry.get(key) if isinstance(entry, dict) else None
+        if not isinstance(value, str):
+            hint = " (run `python -m correcteur respond` first)" if key == response_key else ""
+            raise UserError(f"entry {index} has no text under {key!r}{hint}")
+        texts.append(normalize(value))
+    source, reference, response = texts
+    return normalize(source.removeprefix(prefix.strip())), reference, response
+
+
+class EntryStats(NamedTuple):
+    """What the aggregate scores need from one entry."""
+
+    response_distance: int  # lev(response, reference)
+    copy_distance: int  # lev(input, reference)
+    reference_length: int
+    exact: bool
+    unchanged: bool  # response == input
+    correct_edits: int
+    response_edits: int
+    reference_edits: int
+
+
+def entry_stats(source: str, reference: str, response: str) -> EntryStats:
+    source_words = words(source)
+    wanted = set(word_edits(source_words, words(reference)))
+    made = set(word_edits(source_words, words(response)))
+    return EntryStats(levenshtein(response, reference), levenshtein(source, reference),
+                      len(reference), response == reference, response == source,
+                      len(wanted & made), len(made), len(wanted))
+
+
+def _share(flags: list[bool]) -> float | None:
+    return sum(flags) / len(flags) if flags else None
+
+
+def aggregate(stats: list[EntryStats]) -> dict:
+    """The scores of a group of entries (keys: `SCORE_KEYS`); None where a score is undefined.
+
+    `error_reduction` is over the entries whose input differs from the reference, `harm_rate`
+    over all entries, `clean_preserved` over the others. Precision and recall are micro
+    averages over edits: precision is None when nothing was proposed, recall when nothing
+    needed fixing; F0.5 = 1.25·tp / (1.25·tp + 0.25·missed + wrong), so it is 0 for the copy
+    baseline and None only when there is no edit at all."""
+    erroneous = [s for s in stats if s.copy_distance > 0]
+    clean = [s for s in stats if s.copy_distance == 0]
+    copy_total = sum(s.copy_distance for s in erroneous)
+    tp = sum(s.correct_edits for s in stats)
+    proposed = sum(s.response_edits for s in stats)
+    needed = sum(s.reference_edits for s in stats)
+    weight = 1 + BETA**2
+    f_denominator = weight * tp + BETA**2 * (needed - tp) + (proposed - tp)
+    return {
+        "n": len(stats),
+        "n_with_errors": len(erroneous),
+        "n_clean": len(clean),
+        "exact_match": _share([s.exact for s in stats]),
+        "cer": statistics.fmean(s.response_distance / max(1, s.reference_length) for s in stats),
+        "copy_cer": statistics.fmean(s.copy_distance / max(1, s.reference_length) for s in stats),
+        "error_reduction": (1 - sum(s.response_distance for s in erroneous) / copy_total
+                            if erroneous else None),
+        "harm_rate": _share([s.response_distance > s.copy_distance for s in stats]),
+        "clean_preserved": _share([s.unchanged for s in clean]),
+        "precision": tp / proposed if proposed else None,
+        "recall": tp / needed if needed else None,
+        "f0_5": weight * tp / f_denominator if f_denominator else None,
+    }
+
+
+def score_entries(entries: list[dict], prefix: str = DEFAULT_PREFIX) -> dict:
+    """Scores of entries with `input`, `output` (the reference) and `model_response`.
+
+    Returns the keys of `SCORE_KEYS`, plus `per_error_type: {type: {same keys}}` when the
+    entries carry `error_types` (an entry counts in each of its types; clean entries, whose
+    list is empty, in none)."""
+    if not entries:
+        raise UserError("there are no entries to score: the file holds an empty list")
+    stats = [entry_stats(*entry_texts(e, prefix, i)) for i, e in enumerate(entries)]
+    scores = aggregate(stats)
+    if any("error_types" in e for e in entries):
+        types = sorted({t for e in entries for t in e.get("error_types") or ()})
+        scores["per_error_type"] = {
+            t: aggregate([s for s, e in zip(stats, entries, strict=True) if t in (e.get("error_types") or ())])
+            for t in types
+        }
+    return scores
+
+
+def _cell(value) -> str:
+    if value is None:
+        return "—"
+    return f"{value:.3f}" if isinstance(value, float) else str(value)
+
+
+def _rows_to_text(header: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(row[k]) for row in [header, *rows]) for k in range(len(header))]
+    lines = ["  ".join(c.ljust(w) if k == 0 else c.rjust(w) for k, (c, w) in enumerate(zip(row, widths, strict=True)))
+             for row in [header, *rows]]
+    return "\n".join(lines)
+
+
+def format_table(scores: dict, baselines: dict[str, dict] | None = None,
+                 per_type_metric: str = "error_reduction") -> str:
+    """The scores of the model next to those of each baseline, one column per system; then,
+    when there are error types, `per_type_metric` per error type for every system."""
+    systems = {"model": scores, **(baselines or {})}
+    header = ["metric", *systems]
+    table = _rows_to_text(header, [[key, *(_cell(s.get(key)) for s in systems.values())]
+                                   for key in SCORE_KEYS])
+    types = scores.get("per_error_type")
+    if not types:
+        return table
+    rows = [[t, str(types[t]["n"]),
+             *(_cell(s.get("per_error_type", {}).get(t, {}).get(per_type_metric)) for s in systems.values())]
+            for t in types]
+    return table + f"\n\n{per_type_metric} by error type\n" + _rows_to_text(["error type", "n", *systems], rows)
+
+
+def plot_error_types(scores: dict, baselines: dict[str, dict] | None = None,
+                     metric: str = "error_reduction", save_path: str | Path | None = None):
+    """A grouped bar chart of `metric` per error type, one bar per system; returns the
+    matplotlib Figure (shown by notebooks) and saves it when `save_path` is given."""
+    from matplotlib.figure import Figure
+
+    types = list(scores.get("per_error_type") or {})
+    if not types:
+        raise UserError("these entries carry no `error_types`: there is nothing to plot per type")
+    systems = {"model": scores, **(baselines or {})}
+    fig = Figure(figsize=(max(6, 1.2 * len(types) * len(systems) / 2), 4), layout="constrained")
+    ax = fig.subplots()
+    width = 0.8 / len(systems)
+    for k, (name, system) in enumerate(systems.items()):
+        values = [system.get("per_error_type", {}).get(t, {}).get(metric) for t in types]
+        ax.bar([x + k * width for x in range(len(types))],
+               [math.nan if v is None else v for v in values], width, label=name)
+    ax.axhline(0, color="black", linewidth=0.8)
+    labels = [f"{t} (n={scores['per_error_type'][t]['n']})" for t in types]
+    ax.set_xticks([x + width * (len(systems) - 1) / 2 for x in range(len(types))], labels,
+                  rotation=30, ha="right")
+    ax.set_ylabel(metric)
+    ax.set_title(f"{metric} by error type (line: returning the input)")
+    ax.legend()
+    if save_path is not None:
+        fig.savefig(save_path, dpi=120)
+    return fig
+
+
+def load_entries(path: str | Path) -> list[dict]:
+    """A JSON list of entries, with a clear message when the file is missing or malformed."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(f"{path} does not exist") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise UserError(f"{path} is not a valid JSON file ({error})") from None
+    if not isinstance(data, list) or not all(isinstance(e, dict) for e in data):
+        raise UserError(f"{path} must hold a JSON list of entries (objects with input, output, ...)")
+    return data
+
+
+def write_json(path: str | Path, data) -> None:
+    """Write atomically: a crash leaves the old file or none, never a half-written one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(data, f, ensure_ascii=False, indent=2)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def _named_file(text: str) -> tuple[str, str]:
+    name, sep, path = text.partition("=")
+    if not sep or not name or not path:
+        raise argparse.ArgumentTypeError(f"expected NAME=FILE, got {text!r}")
+    return name, path
+
+
+def add_score_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("file", help="JSON list of entries with input, output and model_response")
+    parser.add_argument("--json", metavar="OUT.json", help="also write the model's scores to this file")
+    parser.add_argument("--prefix", default=DEFAULT_PREFIX,
+                        help="task prefix removed from each input before comparing")
+    parser.add_argument("--baseline", action="append", default=[], type=_named_file,
+                        metavar="NAME=FILE", help="another system's responses to show side by side "
+                        "(e.g. base=base_responses.json); may be repeated")
+    parser.add_argument("--figure", metavar="OUT.png", help="save the bar chart per error type here")
+
+
+def run_score(args: argparse.Namespace) -> int:
+    entries = load_entries(args.file)
+    scores = score_entries(entries, args.prefix)
+    baselines = {"copy": score_entries(copy_baseline(entries, args.prefix), args.prefix)}
+    for name, path in args.baseline:
+        baselines[name] = score_entries(load_entries(path), args.prefix)
+    print(format_table(scores, baselines))
+    if args.json:
+        write_json(args.json, scores)
+        print(f"\nscores written to {args.json}")
+    if args.figure:
+        plot_error_types(scores, baselines, save_path=args.figure)
+        print(f"figure written to {args.figure}")
+    return 0
