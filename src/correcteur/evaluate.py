@@ -88,7 +88,8 @@ def grammalecte_responses(entries: list[dict], prefix: str = "") -> list[dict]:
 def evaluate(config: EvalConfig) -> dict:
     """Respond, score the model and the baselines, write report.json, report.md and figures."""
     from correcteur.checkpoint import load_for_inference
-    from correcteur.correct import Corrector, sanity_guard
+    from correcteur.correct import Corrector
+    from correcteur.guard import guard_for_checkpoint
 
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -98,8 +99,9 @@ def evaluate(config: EvalConfig) -> dict:
         raise UserError(f"{config.test} holds no entries")
 
     model, tokenizer, meta = load_for_inference(config.checkpoint)
-    corrector = Corrector(model, tokenizer, prompt_style=meta.get("prompt_style", "alpaca"),
-                          device=config.device, guard=sanity_guard if config.guard else None,
+    style = meta.get("prompt_style", "alpaca")
+    guard = guard_for_checkpoint(model, tokenizer, style, config.checkpoint) if config.guard else None
+    corrector = Corrector(model, tokenizer, prompt_style=style, device=config.device, guard=guard,
                           name=meta.get("model_name", "model"))
     start = time.perf_counter()
     answered = respond(corrector, entries, out / "responses.json", config.prefix, config.batch_size)
