@@ -547,6 +547,11 @@ def train(config: TrainConfig, model: torch.nn.Module | None = None, tokenizer=N
                 continue
             break  # a budget or early stopping ended the epoch early
     bar.close()
+    if state.step and not (run_dir / "best.pt").exists():
+        # Stopped before its first evaluation: the only weights there are become best.pt, so the
+        # run can be used; no state changes, so a resumed run still equals an uninterrupted one.
+        print(f"no evaluation in {state.step} steps (--eval-freq {config.eval_freq}): saving the last weights as best.pt")
+        ckpt.save_checkpoint(run_dir / "best.pt", ckpt.inference_state(model, meta, state, lora=bool(config.lora_rank)))
     if state.stop_reason != "early_stopping" and state.epoch >= config.num_epochs:
         state.stop_reason = "completed"
     save_last()

@@ -1,0 +1,251 @@
+"""The corrector people use: a checkpoint, its prompt and guarded greedy generation.
+
+`Corrector` is the only thing the app and the `correct` command know of the model. Text of
+any length is cut into sentences (and lines) that fit the model's context, the pieces are
+corrected in left-padded batches with the KV cache, and the result is put back together with
+the original spaces and line breaks, so a corrector never reflows someone's text.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import re
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from correcteur.data import build_prompt, extract_response
+from correcteur.errors import UserError
+from correcteur.generate import generate, left_pad
+
+INSTRUCTION = "Corrigez le texte suivant."
+
+GuardFn = Callable[[str, str], str]
+
+# A period after these words (or after a single capital, as in "J. Dupont") does not end a sentence.
+ABBREVIATIONS = {
+    "m", "mm", "mme", "mmes", "mlle", "mlles", "me", "mgr", "dr", "pr", "st", "ste",
+    "cf", "ex", "p", "pp", "av", "bd", "n", "no", "art", "chap", "fig", "vol",
+}
+WHITESPACE = re.compile(r"\s+")
+SENTENCE_END = re.compile(r"[.!?…]+[»”\"')\]]*$")
+WORD_BEFORE_PERIOD = re.compile(r"(?<![\w.])(\w+)\.$")
+WORD_TOKEN = re.compile(r"\S+|\s+")
+
+
+def split_sentences(text: str) -> list[tuple[str, str]]:
+    """Cut `text` into (piece, separator) pairs with `''.join(p + s for p, s in pairs) == text`.
+
+    Every whitespace run that holds a line break, follows the end of a sentence, or opens or
+    closes the text becomes a separator; the pieces themselves never start or end with
+    whitespace, so the model sees clean sentences and the separators go back untouched."""
+    pieces = []
+    start = 0
+    for space in WHITESPACE.finditer(text):
+        before = text[start:space.start()]
+        at_edge = space.start() == 0 or space.end() == len(text)
+        if at_edge or "\n" in space.group() or "\r" in space.group() or _ends_sentence(before):
+            pieces.append((before, space.group()))
+            start = space.end()
+    if start < len(text) or not pieces:
+        pieces.append((text[start:], ""))
+    return pieces
+
+
+def _ends_sentence(chunk: str) -> bool:
+    if not SENTENCE_END.search(chunk):
+        return False
+    word = WORD_BEFORE_PERIOD.search(chunk)
+    if word is None:
+        return True
+    word = word.group(1)
+    return word.lower() not in ABBREVIATIONS and not (len(word) == 1 and word.isupper())
+
+
+def diff_words(source: str, corrected: str) -> list[tuple[str, str]]:
+    """Word-level changes as (tag, text) runs, tag in {"equal", "delete", "insert"}.
+
+    Words and the whitespace between them are separate tokens, so joining the "equal" and
+    "delete" runs gives back `source` and joining "equal" and "insert" gives `corrected`."""
+    old, new = WORD_TOKEN.findall(source), WORD_TOKEN.findall(corrected)
+    runs = []
+    matcher = difflib.SequenceMatcher(None, old, new, autojunk=False)
+    for tag, i1, i2, j1, j2 in matcher.get_opcodes():
+        if tag == "equal":
+            runs.append(("equal", "".join(new[j1:j2])))
+            continue
+        if i2 > i1:
+            runs.append(("delete", "".join(old[i1:i2])))
+        if j2 > j1:
+            runs.append(("insert", "".join(new[j1:j2])))
+    return runs
+
+
+def format_diff(runs: list[tuple[str, str]]) -> str:
+    """wdiff's notation: [-removed-]{+added+}."""
+    marks = {"equal": "{}", "delete": "[-{}-]", "insert": "{{+{}+}}"}
+    return "".join(marks[tag].format(text) for tag, text in runs)
+
+
+@dataclass
+class Piece:
+    """One text to correct, encoded as its prompt, with its own budget of new tokens."""
+
+    source: str
+    prompt: str
+    prompt_ids: list[int]
+    max_new_tokens: int
+
+
+class Corrector:
+    """Correct French text with an instruction-tuned model, one sentence at a time."""
+
+    def __init__(self, model: torch.nn.Module, tokenizer, prompt_style: str = "alpaca",
+                 device: str | torch.device | None = None, max_new_tokens_factor: float = 1.5,
+                 guard: GuardFn | None = None, name: str = "model", batch_size: int = 8,
+                 use_cache: bool = True):
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.model = model.to(self.device).eval()
+        self.tokenizer = tokenizer
+        self.prompt_style = prompt_style
+        self.max_new_tokens_factor = max_new_tokens_factor
+        self.guard = guard
+        self.name = name
+        self.batch_size = batch_size
+        self.use_cache = use_cache
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, device: str | None = None,
+                        guard: bool = True) -> Corrector:
+        """Load a training run's checkpoint (its directory or a `.pt` file) for correcting,
+        guarded with the thresholds tuned for it (`guard.json` beside it) unless `guard` is False."""
+        path = Path(path)
+        if not path.exists():
+            raise UserError(
+                f"no checkpoint at {path}: train one with `python -m correcteur train`, then pass "
+                "its folder (checkpoints/<run>/) or its best.pt with --checkpoint"
+            )
+        from correcteur.checkpoint import load_for_inference
+        from correcteur.guard import Guard, load_guard_config
+
+        model, tokenizer, meta = load_for_inference(path)
+        style = meta.get("prompt_style", "alpaca")
+        checker = None
+        if guard:
+            checker = Guard(model, tokenizer, style, load_guard_config(path if path.is_dir() else path.parent))
+        return cls(model, tokenizer, prompt_style=style, device=device, guard=checker,
+                   name=meta.get("model_name", path.name))
+
+    @property
+    def description(self) -> str:
+        n_params = sum(p.numel() for p in self.model.parameters())
+        return f"{self.name} · {n_params / 1e6:.1f} M paramètres · {self.device.type}"
+
+    def correct(self, text: str, progress: bool = False) -> str:
+        """Correct text of any length; spaces, blank lines and line endings come back as they were."""
+        pairs = split_sentences(text)
+        corrected = self.correct_batch([piece for piece, _ in pairs], progress=progress)
+        return "".join(piece + separator for piece, (_, separator) in zip(corrected, pairs, strict=True))
+
+    def correct_batch(self, texts: list[str], progress: bool = False) -> list[str]:
+        """One corrected string per text, in order; blank texts come back untouched.
+
+        Every text is checked against the context before any is generated, so a too-long
+        sentence fails at once instead of after minutes of work."""
+        todo = [i for i, text in enumerate(texts) if text.strip()]
+        pieces = [self._encode(texts[i]) for i in todo]
+        results = list(texts)
+        batches = range(0, len(todo), self.batch_size)
+        # disable=None lets tqdm hide the bar when stderr is not a terminal
+        for start in tqdm(batches, desc="correcting", unit="batch", disable=None if progress else True):
+            batch, indices = pieces[start:start + self.batch_size], todo[start:start + self.batch_size]
+            for index, piece, answer in zip(indices, batch, self._generate(batch), strict=True):
+                results[index] = self.guard(piece.source, answer) if self.guard else answer
+        return results
+
+    def _encode(self, text: str) -> Piece:
+        try:
+            n_input = len(self.tokenizer.encode(text, allowed_special=set()))
+        except ValueError as error:  # tiktoken refuses special tokens such as <|endoftext|> in text
+            raise UserError(f"the text holds a token the model reserves for itself "
+                            f"({str(error).splitlines()[0]}): remove it and try again") from None
+        max_new_tokens = int(self.max_new_tokens_factor * n_input) + 8
+        prompt = build_prompt({"instruction": INSTRUCTION, "input": text}, self.prompt_style)
+        prompt_ids = self.tokenizer.encode(prompt, allowed_special=set())
+        context = self.model.context_length
+        if len(prompt_ids) + max_new_tokens > context:
+            raise UserError(
+                f"a sentence of {n_input} tokens is too long for {self.name}, whose context of "
+                f"{context} tokens must hold the prompt ({len(prompt_ids)} tokens) and up to "
+                f"{max_new_tokens} new ones: split it into shorter sentences "
+                f"(it starts with {text[:60]!r})"
+            )
+        return Piece(text, prompt, prompt_ids, max_new_tokens)
+
+    def _generate(self, pieces: list[Piece]) -> list[str]:
+        """Greedy answers for a batch; each row is cut at end-of-text and at its own budget."""
+        eot = self.tokenizer.eot_token
+        ids, mask = left_pad([p.prompt_ids for p in pieces], pad_id=eot, device=self.device)
+        width = ids.shape[1]
+        # Rows of a batch share one loop; capping it keeps every prompt whole (no left crop).
+        max_new_tokens = min(max(p.max_new_tokens for p in pieces), self.model.context_length - width)
+        out = generate(self.model, ids, max_new_tokens=max_new_tokens,
+                       context_size=self.model.context_length, eos_id=eot, attention_mask=mask,
+                       use_cache=self.use_cache)
+        answers = []
+        for piece, row in zip(pieces, out[:, width:].tolist(), strict=True):
+            row = row[:piece.max_new_tokens]
+            if eot in row:
+                row = row[:row.index(eot)]
+            generated = piece.prompt + self.tokenizer.decode(row)
+            answers.append(extract_response(generated, self.prompt_style))
+        return answers
+
+
+def read_stdin() -> str:
+    """Standard input as text, refusing binary data with a message instead of a crash."""
+    if sys.stdin is None or sys.stdin.isatty():
+        raise UserError(
+            'nothing to correct: pass the text as an argument (python -m correcteur correct '
+            '--checkpoint PATH "texte") or pipe it on standard input'
+        )
+    data = sys.stdin.buffer.read()
+    if b"\x00" in data:
+        raise UserError("standard input holds binary data (NUL bytes), not text: pipe a UTF-8 text file")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise UserError(
+            f"standard input is not UTF-8 text (invalid byte at offset {error.start}): convert it "
+            "first, e.g. `iconv -f latin1 -t utf-8 FILE | python -m correcteur correct ...`"
+        ) from None
+
+
+def add_correct_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("text", nargs="*",
+                        help="text to correct; without it, lines are read from standard input and "
+                             "written back corrected, one line out for each line in")
+    parser.add_argument("--checkpoint", required=True,
+                        help="a training run's folder (checkpoints/<run>/) or its best.pt")
+    parser.add_argument("--diff", action="store_true",
+                        help="show the changes as [-removed-]{+added+} instead of the corrected text")
+    parser.add_argument("--no-guard", action="store_true",
+                        help="print the model's answers as they are, without the guard's checks")
+    parser.add_argument("--device", default=None,
+                        help="torch device (cpu, cuda, cuda:1 ...); unset: cuda when available")
+
+
+def run_correct(args: argparse.Namespace) -> int:
+    text = " ".join(args.text) if args.text else read_stdin()
+    if not text.strip():
+        raise UserError("nothing to correct: the text is empty")
+    corrector = Corrector.from_checkpoint(args.checkpoint, device=args.device, guard=not args.no_guard)
+    corrected = corrector.correct(text, progress=True)
+    output = format_diff(diff_words(text, corrected)) if args.diff else corrected
+    sys.stdout.write(output if output.endswith("\n") else output + "\n")
+    return 0
