@@ -247,7 +247,7 @@ def test_missing_or_malformed_data_is_a_user_error(tmp_path, capsys):
 
 
 def test_resume_takes_the_settings_left_at_their_defaults_from_the_run(tmp_path):
-    from correcteur.checkpoint import write_json
+    from correcteur.files import write_json
 
     first = tiny_config(tmp_path, lr=1e-3, batch_size=4)
     write_json(first.run_dir / "config.json", dataclasses.asdict(first))

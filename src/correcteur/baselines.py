@@ -15,9 +15,10 @@ from pathlib import Path
 
 SYSTEM_PACKAGES = [Path("/usr/lib/python3/dist-packages"), Path("/usr/share/grammalecte")]
 
-# Typographic rules that would "correct" our own conventions (straight apostrophe, plain space
-# before ? ! : ;) rather than spelling or grammar.
-TYPOGRAPHIC_OPTIONS = ("typo", "apos", "esp", "nbsp", "tab", "num", "unit", "eepi", "maj")
+# Typographic rules that would "correct" the project's conventions rather than spelling or
+# grammar: straight apostrophe (apos), plain spaces before ? ! : ; (nbsp) and units (unit),
+# spacing (esp) and superscript ordinals (typo).
+TYPOGRAPHIC_OPTIONS = ("apos", "nbsp", "unit", "esp", "typo")
 
 
 def copy_baseline(entries: list[dict], prefix: str = "") -> list[dict]:

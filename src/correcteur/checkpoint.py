@@ -19,48 +19,20 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
-import os
 import random
-import tempfile
 from pathlib import Path
 
 import torch
 
 from correcteur.errors import UserError
+from correcteur.files import atomic_write
 
 FORMAT_VERSION = 1
 HALF_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-# ----------------------------------------------------------------------------- atomic files
-
-
-def _atomic_write(path: str | Path, write) -> Path:
-    """Call `write(file)` on a temporary file next to `path`, then rename it to `path`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide results from the rest of the team
-        with os.fdopen(fd, "wb") as file:
-            write(file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
 def save_checkpoint(path: str | Path, state: dict) -> Path:
-    return _atomic_write(path, lambda file: torch.save(state, file))
-
-
-def write_json(path: str | Path, obj) -> Path:
-    text = json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n"
-    return _atomic_write(path, lambda file: file.write(text.encode("utf-8")))
+    return atomic_write(path, lambda file: torch.save(state, file))
 
 
 def load_checkpoint(path: str | Path) -> dict:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
-import hashlib
 import json
 import os
 import random
@@ -36,6 +35,7 @@ from tqdm import tqdm
 
 from correcteur.augment import AugmentConfig, Lexicon, augment_sentence, french_lexicon
 from correcteur.errors import UserError
+from correcteur.files import sha256_of, write_json
 
 INSTRUCTION = "Corrigez le texte suivant."
 HF_DATASET = "fdemelo/spelling-correction-french-news"
@@ -395,14 +395,6 @@ def plot_stats(splits: dict[str, list[dict]]):
 
 
 # ---------------------------------------------------------------------------- output
-
-
-def sha256_of(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def write_json(path: Path, data) -> None:
-    path.write_text(json.dumps(data, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
 
 
 def write_dataset(out: Path, splits: dict[str, list[dict]], stats: dict, manifest: dict,

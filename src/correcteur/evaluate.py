@@ -19,14 +19,8 @@ from tqdm import tqdm
 
 from correcteur.baselines import copy_baseline, grammalecte_checker, grammalecte_correct
 from correcteur.errors import UserError
-from correcteur.metrics import (
-    DEFAULT_PREFIX,
-    format_table,
-    load_entries,
-    plot_error_types,
-    score_entries,
-    write_json,
-)
+from correcteur.files import load_entries, write_json
+from correcteur.metrics import DEFAULT_PREFIX, format_table, plot_error_types, score_entries
 
 
 @dataclass

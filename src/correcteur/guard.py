@@ -184,7 +184,7 @@ def calibrate_guard(checkpoint: str | Path, val_path: str | Path, limit: int | N
     from correcteur.checkpoint import load_for_inference
     from correcteur.correct import Corrector
     from correcteur.evaluate import respond
-    from correcteur.metrics import load_entries
+    from correcteur.files import load_entries
 
     model, tokenizer, meta = load_for_inference(checkpoint)
     style = meta.get("prompt_style", "alpaca")

@@ -26,7 +26,8 @@ import requests
 from tqdm import tqdm
 
 from correcteur.errors import UserError
-from correcteur.metrics import DEFAULT_PREFIX, entry_texts, load_entries, write_json
+from correcteur.files import load_entries, write_json
+from correcteur.metrics import DEFAULT_PREFIX, entry_texts
 
 DEFAULT_URL = "http://localhost:11434"
 DEFAULT_CHAT_URL = DEFAULT_URL + "/api/chat"

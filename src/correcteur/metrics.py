@@ -25,18 +25,16 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import math
-import os
 import re
 import statistics
-import tempfile
 import unicodedata
 from pathlib import Path
 from typing import NamedTuple
 
 from correcteur.baselines import copy_baseline
 from correcteur.errors import UserError
+from correcteur.files import load_entries, write_json
 
 DEFAULT_PREFIX = "grammaire: "
 BETA = 0.5  # F0.5: a wrong correction costs more than a missed one, as in grammatical error correction
@@ -276,35 +274,6 @@ def plot_error_types(scores: dict, baselines: dict[str, dict] | None = None,
     if save_path is not None:
         fig.savefig(save_path, dpi=120)
     return fig
-
-
-def load_entries(path: str | Path) -> list[dict]:
-    """A JSON list of entries, with a clear message when the file is missing or malformed."""
-    path = Path(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UserError(f"{path} does not exist") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise UserError(f"{path} is not a valid JSON file ({error})") from None
-    if not isinstance(data, list) or not all(isinstance(e, dict) for e in data):
-        raise UserError(f"{path} must hold a JSON list of entries (objects with input, output, ...)")
-    return data
-
-
-def write_json(path: str | Path, data) -> None:
-    """Write atomically: a crash leaves the old file or none, never a half-written one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, ensure_ascii=False, indent=2)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
 
 
 def _named_file(text: str) -> tuple[str, str]:

@@ -95,6 +95,22 @@ def positions_for(attention_mask: torch.Tensor, q_len: int) -> torch.Tensor:
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -q_len:]
 
 
+def positions_and_mask(in_idx: torch.Tensor, cache: KVCache | None, attention_mask: torch.Tensor | None,
+                       context_length: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Position ids of the new tokens, and the attention mask they need: None when plain
+    causal attention from position 0 (or one new token seeing the whole cache) is right."""
+    b, t = in_idx.shape
+    past = len(cache) if cache is not None else 0
+    if past + t > context_length:
+        raise ValueError(f"sequence of {past + t} tokens exceeds the context of {context_length}")
+    if attention_mask is not None:
+        return positions_for(attention_mask, t), attention_mask_for(attention_mask, t)
+    pos = torch.arange(past, past + t, device=in_idx.device).expand(b, t)
+    if past == 0 or t == 1:
+        return pos, None
+    return pos, attention_mask_for(torch.ones(b, past + t, dtype=torch.bool, device=in_idx.device), t)
+
+
 class MultiHeadAttention(nn.Module):
     def __init__(self, d_in: int, d_out: int, context_length: int, dropout: float, num_heads: int,
                  qkv_bias: bool = False):
@@ -214,17 +230,7 @@ class GPTModel(nn.Module):
         `cache` makes this call continue from the positions it holds; `attention_mask`
         (batch, past + time, 1 = token, 0 = left padding) covers the cached positions too.
         `only_last` returns the logits of the last position only, all generation needs."""
-        b, t = in_idx.shape
-        past = len(cache) if cache is not None else 0
-        if attention_mask is None:
-            pos = torch.arange(past, past + t, device=in_idx.device).expand(b, t)
-            mask = None if past == 0 or t == 1 else attention_mask_for(
-                torch.ones(b, past + t, dtype=torch.bool, device=in_idx.device), t)
-        else:
-            pos = positions_for(attention_mask, t)
-            mask = attention_mask_for(attention_mask, t)
-        if past + t > self.context_length:
-            raise ValueError(f"sequence of {past + t} tokens exceeds the context of {self.context_length}")
+        pos, mask = positions_and_mask(in_idx, cache, attention_mask, self.context_length)
 
         x = self.drop_emb(self.tok_emb(in_idx) + self.pos_emb(pos))
         for i, block in enumerate(self.trf_blocks):

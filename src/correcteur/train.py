@@ -32,6 +32,7 @@ from torch.utils.data import Dataset, Sampler
 from tqdm.auto import tqdm
 
 from correcteur.errors import UserError
+from correcteur.files import write_json
 from correcteur.generate import generate, text_to_token_ids, token_ids_to_text
 
 # ----------------------------------------------------------------------------- data to batches
@@ -492,12 +493,12 @@ def train(config: TrainConfig, model: torch.nn.Module | None = None, tokenizer=N
     forward_model = torch.compile(model) if config.compile else model
     amp = autocast_for(device)
     run_dir.mkdir(parents=True, exist_ok=True)
-    ckpt.write_json(run_dir / "config.json", dataclasses.asdict(config))
+    write_json(run_dir / "config.json", dataclasses.asdict(config))
 
     def save_last():
         ckpt.save_checkpoint(last_path, ckpt.training_state(
             model, optimizer, scheduler, state, config, meta, _steps_of_epoch(train_data, config, state.epoch)))
-        ckpt.write_json(run_dir / "history.json", state.history)
+        write_json(run_dir / "history.json", state.history)
 
     steps_per_epoch = len(_steps_of_epoch(train_data, config, 0))
     total = config.num_epochs * steps_per_epoch
@@ -627,7 +628,7 @@ def _finish(model, config: TrainConfig, state: TrainState, meta: dict, memory: d
         "device": str(device), "pretrained": meta["base"]["pretrained"],
         **{f"peak_{k}": round(v, 1) for k, v in memory.items()},
     }
-    ckpt.write_json(run_dir / "summary.json", summary)
+    write_json(run_dir / "summary.json", summary)
     best = f"best val loss {state.best_val_loss:.4f} at step {state.best_step}" if state.history else "no evaluation"
     print(f"{summary['stop_reason']} after {state.step} steps ({state.elapsed_s / 60:.1f} min, "
           f"{summary['tokens_per_s']:.0f} tokens/s); {best}; peak RAM {memory['ram_mb']:.0f} MB"

@@ -11,7 +11,6 @@ copies on the Hugging Face hub (`openai-community/gpt2*`), so no TensorFlow is n
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import re
@@ -26,6 +25,7 @@ from safetensors import SafetensorError
 from tqdm.auto import tqdm
 
 from correcteur.errors import UserError
+from correcteur.files import sha256_of
 from correcteur.model import BASE_CONFIG, GPTModel, canonical_gpt2_name
 from correcteur.tokenizer import get_tokenizer
 
@@ -156,17 +156,9 @@ def _verify(part: Path, total: int | None, sha256: str | None) -> None:
     if total is not None and size != total:
         part.unlink()
         raise DownloadError(f"the file has {size:,} bytes instead of the {total:,} announced")
-    if sha256 is not None and _file_sha256(part) != sha256:
+    if sha256 is not None and sha256_of(part) != sha256:
         part.unlink()
         raise DownloadError(f"the file's sha256 differs from the {sha256} announced")
-
-
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _reason(error: OSError) -> str:
