@@ -19,11 +19,9 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from correcteur.data import build_prompt, extract_response
+from correcteur.data import INSTRUCTION, build_prompt, extract_response
 from correcteur.errors import UserError
 from correcteur.generate import generate, left_pad
-
-INSTRUCTION = "Corrigez le texte suivant."
 
 GuardFn = Callable[[str, str], str]
 
@@ -118,6 +116,7 @@ class Corrector:
         self.name = name
         self.batch_size = batch_size
         self.use_cache = use_cache
+        self.meta: dict = {}  # what the checkpoint says of itself, when loaded from one
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str | None = None,
@@ -131,15 +130,15 @@ class Corrector:
                 "its folder (checkpoints/<run>/) or its best.pt with --checkpoint"
             )
         from correcteur.checkpoint import load_for_inference
-        from correcteur.guard import Guard, load_guard_config
+        from correcteur.guard import guard_for_checkpoint
 
         model, tokenizer, meta = load_for_inference(path)
         style = meta.get("prompt_style", "alpaca")
-        checker = None
-        if guard:
-            checker = Guard(model, tokenizer, style, load_guard_config(path if path.is_dir() else path.parent))
-        return cls(model, tokenizer, prompt_style=style, device=device, guard=checker,
-                   name=meta.get("model_name", path.name))
+        checker = guard_for_checkpoint(model, tokenizer, style, path) if guard else None
+        corrector = cls(model, tokenizer, prompt_style=style, device=device, guard=checker,
+                        name=meta.get("model_name", path.name))
+        corrector.meta = meta
+        return corrector
 
     @property
     def description(self) -> str:

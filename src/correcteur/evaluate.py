@@ -81,9 +81,7 @@ def grammalecte_responses(entries: list[dict], prefix: str = "") -> list[dict]:
 
 def evaluate(config: EvalConfig) -> dict:
     """Respond, score the model and the baselines, write report.json, report.md and figures."""
-    from correcteur.checkpoint import load_for_inference
     from correcteur.correct import Corrector
-    from correcteur.guard import guard_for_checkpoint
 
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -92,11 +90,8 @@ def evaluate(config: EvalConfig) -> dict:
     if not entries:
         raise UserError(f"{config.test} holds no entries")
 
-    model, tokenizer, meta = load_for_inference(config.checkpoint)
-    style = meta.get("prompt_style", "alpaca")
-    guard = guard_for_checkpoint(model, tokenizer, style, config.checkpoint) if config.guard else None
-    corrector = Corrector(model, tokenizer, prompt_style=style, device=config.device, guard=guard,
-                          name=meta.get("model_name", "model"))
+    corrector = Corrector.from_checkpoint(config.checkpoint, device=config.device, guard=config.guard)
+    meta = corrector.meta
     start = time.perf_counter()
     answered = respond(corrector, entries, out / "responses.json", config.prefix, config.batch_size)
     seconds = time.perf_counter() - start
@@ -104,7 +99,7 @@ def evaluate(config: EvalConfig) -> dict:
     systems = {"model": answered, "copy": copy_baseline(entries, config.prefix)}
     if config.guard:
         systems["model (no guard)"] = [{**e, "model_response": e["raw_response"]} for e in answered]
-    if config.base_model and meta.get("pretrained", True):
+    if config.base_model and meta.get("base", {}).get("pretrained"):
         systems["base model"] = base_model_responses(meta, entries, out, config)
     if config.grammalecte and grammalecte_checker() is not None:
         systems["grammalecte"] = grammalecte_responses(entries, config.prefix)

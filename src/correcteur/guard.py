@@ -181,17 +181,15 @@ def calibrate_guard(checkpoint: str | Path, val_path: str | Path, limit: int | N
                     prefix: str = "", batch_size: int = 16) -> GuardConfig:
     """Answer the validation split, tune the thresholds on it and save them as guard.json
     next to the checkpoint, where `Corrector.from_checkpoint` and `evaluate` find them."""
-    from correcteur.checkpoint import load_for_inference
     from correcteur.correct import Corrector
     from correcteur.evaluate import respond
     from correcteur.files import load_entries
 
-    model, tokenizer, meta = load_for_inference(checkpoint)
-    style = meta.get("prompt_style", "alpaca")
+    corrector = Corrector.from_checkpoint(checkpoint, guard=False)
     entries = load_entries(val_path)[:limit]
-    answered = respond(Corrector(model, tokenizer, prompt_style=style), entries, prefix=prefix,
-                       batch_size=batch_size)
-    config, grid = tune_guard(Guard(model, tokenizer, style), answered, prefix=prefix)
+    answered = respond(corrector, entries, prefix=prefix, batch_size=batch_size)
+    guard = Guard(corrector.model, corrector.tokenizer, corrector.prompt_style)
+    config, grid = tune_guard(guard, answered, prefix=prefix)
     save_guard_config(config, checkpoint_folder(checkpoint),
                       {"val_file": str(val_path), "entries": len(entries), "grid": grid})
     return config

@@ -76,7 +76,7 @@ def get_profile(name: str = "auto") -> Profile:
 @dataclass
 class RunPaths:
     """Where one run's files go: notebooks and reports in `run_dir`, data in `run_dir/data`,
-    the trained model in `checkpoints/<run name>`."""
+    the trained model in `checkpoints/<run name>` ($CORRECTEUR_CHECKPOINTS overrides the folder)."""
 
     run_dir: Path
 
@@ -90,7 +90,7 @@ class RunPaths:
 
     @property
     def checkpoints(self) -> Path:
-        return ROOT / "checkpoints"
+        return Path(os.environ.get("CORRECTEUR_CHECKPOINTS") or ROOT / "checkpoints")
 
     @property
     def checkpoint(self) -> Path:

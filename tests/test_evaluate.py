@@ -1,0 +1,65 @@
+"""respond is batched, guarded and resumable; evaluate scores the model beside the baselines."""
+
+import json
+
+import pytest
+
+from correcteur.evaluate import EvalConfig, evaluate, respond
+from correcteur.train import TrainConfig, train
+
+ENTRIES = [
+    {"instruction": "Corrigez le texte suivant.", "input": "Il a manger.", "output": "Il a mangé.",
+     "error_types": ["er_e"]},
+    {"instruction": "Corrigez le texte suivant.", "input": "On va à Paris.", "output": "On va à Paris.",
+     "error_types": []},
+    {"instruction": "Corrigez le texte suivant.", "input": "grammaire: Ces une idée.", "output": "C'est une idée.",
+     "error_types": ["homophone"]},
+]
+
+
+class ScriptedCorrector:
+    """The Corrector interface with answers from a table, counting what it is asked."""
+
+    def __init__(self, answers: dict[str, str], guard=None):
+        self.answers, self.guard, self.asked = answers, guard, []
+
+    def correct_batch(self, texts):
+        self.asked += texts
+        return [self.answers.get(t, t) for t in texts]
+
+
+def test_respond_keeps_raw_and_guarded_answers_and_resumes(tmp_path):
+    answers = {"Il a manger.": "Il a mangé.", "On va à Paris.": "On va a Paris.", "Ces une idée.": "C'est une idée."}
+    refuse_accent_loss = lambda source, answer: source if "va a" in answer else answer  # noqa: E731
+    corrector = ScriptedCorrector(answers, guard=refuse_accent_loss)
+    out = tmp_path / "responses.json"
+    answered = respond(corrector, ENTRIES, out, prefix="grammaire: ", batch_size=2, progress=False)
+    assert [e["raw_response"] for e in answered] == ["Il a mangé.", "On va a Paris.", "C'est une idée."]
+    assert [e["model_response"] for e in answered] == ["Il a mangé.", "On va à Paris.", "C'est une idée."]
+    assert sorted(corrector.asked) == sorted(["Il a manger.", "On va à Paris.", "Ces une idée."])  # prefix stripped
+    assert corrector.guard is refuse_accent_loss  # put back after answering unguarded
+    assert json.loads(out.read_text(encoding="utf-8")) == answered
+
+    again = ScriptedCorrector(answers)
+    assert respond(again, ENTRIES, out, prefix="grammaire: ", progress=False) == answered
+    assert again.asked == []  # everything was already answered
+
+
+@pytest.mark.slow
+def test_evaluate_a_tiny_checkpoint(tmp_path, tokenizer):
+    data = tmp_path / "data"
+    data.mkdir()
+    for split in ("train", "val", "test"):
+        (data / f"{split}.json").write_text(json.dumps(ENTRIES * 3), encoding="utf-8")
+    run = train(TrainConfig(model="gpt2-tiny", allow_scratch=True, data_dir=str(data), out_dir=str(tmp_path),
+                            run_name="tiny", prompt_style="short", lr=1e-3, batch_size=3, eval_freq=2,
+                            eval_iter=1, max_steps=2))
+    report = evaluate(EvalConfig(checkpoint=str(run.run_dir), test=str(data / "test.json"),
+                                 out=str(tmp_path / "eval"), base_model=False, grammalecte=False))
+    assert report["n"] == 9
+    assert set(report["baselines"]) == {"copy", "model (no guard)"}
+    copy = report["baselines"]["copy"]
+    assert copy["error_reduction"] == 0 and copy["harm_rate"] == 0 and copy["clean_preserved"] == 1
+    assert (tmp_path / "eval" / "report.md").read_text(encoding="utf-8").count("copy") >= 1
+    saved = json.loads((tmp_path / "eval" / "report.json").read_text(encoding="utf-8"))
+    assert saved["model"] == report["model"] and saved["config"]["checkpoint"] == str(run.run_dir)
