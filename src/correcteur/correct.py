@@ -120,7 +120,7 @@ class Corrector:
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str | None = None,
-                        guard: bool = True) -> Corrector:
+                        guard: bool = True, batch_size: int = 8) -> Corrector:
         """Load a training run's checkpoint (its directory or a `.pt` file) for correcting,
         guarded with the thresholds tuned for it (`guard.json` beside it) unless `guard` is False."""
         path = Path(path)
@@ -136,7 +136,7 @@ class Corrector:
         style = meta.get("prompt_style", "alpaca")
         checker = guard_for_checkpoint(model, tokenizer, style, path) if guard else None
         corrector = cls(model, tokenizer, prompt_style=style, device=device, guard=checker,
-                        name=meta.get("model_name", path.name))
+                        name=meta.get("model_name", path.name), batch_size=batch_size)
         corrector.meta = meta
         return corrector
 

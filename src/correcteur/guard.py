@@ -178,14 +178,14 @@ def guard_for_checkpoint(model: torch.nn.Module, tokenizer, prompt_style: str,
 
 
 def calibrate_guard(checkpoint: str | Path, val_path: str | Path, limit: int | None = None,
-                    prefix: str = "", batch_size: int = 16) -> GuardConfig:
+                    prefix: str = "", batch_size: int = 32) -> GuardConfig:
     """Answer the validation split, tune the thresholds on it and save them as guard.json
     next to the checkpoint, where `Corrector.from_checkpoint` and `evaluate` find them."""
     from correcteur.correct import Corrector
     from correcteur.evaluate import respond
     from correcteur.files import load_entries
 
-    corrector = Corrector.from_checkpoint(checkpoint, guard=False)
+    corrector = Corrector.from_checkpoint(checkpoint, guard=False, batch_size=batch_size)
     entries = load_entries(val_path)[:limit]
     answered = respond(corrector, entries, prefix=prefix, batch_size=batch_size)
     guard = Guard(corrector.model, corrector.tokenizer, corrector.prompt_style)
