@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from correcteur.app import CorrectorApp
+from correcteur.app import CorrectorApp, launch
 from correcteur.cli import main
 from correcteur.errors import UserError
 
@@ -217,3 +217,25 @@ def test_app_without_display_points_to_the_command_line(monkeypatch, capsys):
     assert main(["app", "--checkpoint", "runs/x"]) == 2
     err = capsys.readouterr().err
     assert "needs a graphical display" in err and "python -m correcteur correct" in err
+
+
+def test_launch_opens_the_window_on_a_loaded_corrector(display, monkeypatch):
+    """`launch` (used by notebook 05 and `correcteur app`) shows the corrector a loader returns."""
+    seen = {}
+
+    def fake_mainloop(root):
+        app = seen["app"]
+        pump(root, lambda: app.corrector is not None)
+        seen["status"] = app.status.get()
+        root.destroy()
+
+    original_init = CorrectorApp.__init__
+
+    def remember(self, root, corrector=None):
+        original_init(self, root, corrector)
+        seen["app"] = self
+
+    monkeypatch.setattr(CorrectorApp, "__init__", remember)
+    monkeypatch.setattr(tk.Tk, "mainloop", fake_mainloop)
+    launch(load=lambda: FakeCorrector({}))
+    assert seen["status"] == FakeCorrector.description

@@ -40,9 +40,18 @@ def test_respond_keeps_raw_and_guarded_answers_and_resumes(tmp_path):
     assert corrector.guard is refuse_accent_loss  # put back after answering unguarded
     assert json.loads(out.read_text(encoding="utf-8")) == answered
 
-    again = ScriptedCorrector(answers)
+    again = ScriptedCorrector(answers, guard=refuse_accent_loss)
     assert respond(again, ENTRIES, out, prefix="grammaire: ", progress=False) == answered
-    assert again.asked == []  # everything was already answered
+    assert again.asked == []  # everything was already answered by the same checkpoint
+
+    unguarded = ScriptedCorrector(answers)
+    assert [e["model_response"] for e in respond(unguarded, ENTRIES, out, "grammaire: ", progress=False)] == \
+        ["Il a mangé.", "On va a Paris.", "C'est une idée."]  # the guard of the run applies, not a stored one
+
+    retrained = ScriptedCorrector(answers)
+    retrained.meta = {"step": 500, "val_loss": 0.2}
+    respond(retrained, ENTRIES, out, prefix="grammaire: ", progress=False)
+    assert len(retrained.asked) == 3  # another checkpoint: nothing of the old answers is reused
 
 
 @pytest.mark.slow

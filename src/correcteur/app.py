@@ -223,10 +223,15 @@ def add_app_arguments(parser: argparse.ArgumentParser) -> None:
                         help="show the model's answers as they are, without the guard's checks")
 
 
+def launch(corrector=None, load=None) -> None:
+    """Open the window and run it until it is closed: on `corrector`, or on the one that
+    `load()` returns (called in the background, so the window shows while a model loads)."""
+    app = CorrectorApp(open_window(), corrector)
+    if load is not None:
+        app.load(load)
+    app.root.mainloop()
+
+
 def run_app(args: argparse.Namespace) -> int:
-    root = open_window()
-    app = CorrectorApp(root)
-    app.load(lambda: Corrector.from_checkpoint(args.checkpoint, device=args.device,
-                                               guard=not args.no_guard))
-    root.mainloop()
+    launch(load=lambda: Corrector.from_checkpoint(args.checkpoint, device=args.device, guard=not args.no_guard))
     return 0

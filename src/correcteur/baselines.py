@@ -48,12 +48,16 @@ def grammalecte_checker():
     return checker
 
 
-def grammalecte_errors(text: str) -> list[dict]:
-    """Grammar and spelling errors Grammalecte flags in `text` (typography ignored)."""
+def required_checker():
     checker = grammalecte_checker()
     if checker is None:
         raise RuntimeError("Grammalecte is not installed (Debian: apt-get install python3-grammalecte)")
-    grammar, spelling = checker.getParagraphErrors(text)
+    return checker
+
+
+def grammalecte_errors(text: str) -> list[dict]:
+    """Grammar and spelling errors Grammalecte flags in `text` (typography ignored)."""
+    grammar, spelling = required_checker().getParagraphErrors(text)
     return list(grammar) + list(spelling)
 
 
@@ -61,8 +65,7 @@ def grammalecte_correct(text: str) -> str:
     """Apply Grammalecte's first suggestion for every flagged span, right to left so that
     offsets stay valid; overlapping spans keep the leftmost-starting one. Suggestions follow
     the project's straight-apostrophe convention."""
-    checker = grammalecte_checker()
-    speller = checker.getSpellChecker()
+    speller = required_checker().getSpellChecker()
     edits = []
     for error in sorted(grammalecte_errors(text), key=lambda e: (e["nStart"], e["nEnd"])):
         suggestions = error.get("aSuggestions")

@@ -42,35 +42,47 @@ class EvalConfig:
     device: str | None = None
 
 
+def responder_id(corrector) -> str:
+    """Who answered: the model's name and the training step and validation loss of its
+    checkpoint, so that answers from an older checkpoint are never reused."""
+    meta = getattr(corrector, "meta", None) or {}
+    return f"{getattr(corrector, 'name', 'model')} | step {meta.get('step')} | val_loss {meta.get('val_loss')}"
+
+
 def respond(corrector, entries: list[dict], out_path: str | Path | None = None, prefix: str = "",
             batch_size: int = 16, progress: bool = True) -> list[dict]:
-    """Each entry with `model_response` (guarded when the corrector has a guard) and
-    `raw_response` (the model's own answer).
+    """Each entry with `raw_response` (the model's own answer) and `model_response` (that
+    answer after the corrector's guard, when it has one).
 
     Entries are answered in batches of similar length (less padding); after each batch the
-    file at `out_path` is rewritten, and a re-run keeps the entries it already holds."""
-    results = [dict(e) for e in entries]
+    file at `out_path` is rewritten, and a re-run keeps the raw answers it holds from the
+    same checkpoint (`responder`). The guard is applied afresh, so retuned thresholds count."""
+    who = responder_id(corrector)
+    results = [{k: v for k, v in e.items() if k not in ("raw_response", "model_response")} for e in entries]
     if out_path is not None and Path(out_path).exists():
-        done = {(e["input"], e.get("output")): e for e in load_entries(out_path) if "model_response" in e}
+        done = {(e["input"], e.get("output")): e["raw_response"]
+                for e in load_entries(out_path) if e.get("responder") == who and "raw_response" in e}
         for entry in results:
-            previous = done.get((entry["input"], entry.get("output")))
-            if previous is not None:
-                entry.update(model_response=previous["model_response"],
-                             raw_response=previous.get("raw_response", previous["model_response"]))
-    todo = sorted((i for i, e in enumerate(results) if "model_response" not in e),
+            if (entry["input"], entry.get("output")) in done:
+                entry.update(raw_response=done[entry["input"], entry.get("output")], responder=who)
+    todo = sorted((i for i, e in enumerate(results) if "raw_response" not in e),
                   key=lambda i: len(results[i]["input"]))
     guard, corrector.guard = corrector.guard, None  # answer unguarded, then guard each answer
     try:
         for start in tqdm(range(0, len(todo), batch_size), desc="responding", unit="batch", disable=not progress):
             rows = todo[start:start + batch_size]
             sources = [results[i]["input"].removeprefix(prefix) for i in rows]
-            for i, source, answer in zip(rows, sources, corrector.correct_batch(sources), strict=True):
-                results[i]["raw_response"] = answer
-                results[i]["model_response"] = guard(source, answer) if guard else answer
+            for i, answer in zip(rows, corrector.correct_batch(sources), strict=True):
+                results[i].update(raw_response=answer, responder=who)
             if out_path is not None:
                 write_json(out_path, results)
     finally:
         corrector.guard = guard
+    for entry in tqdm(results, desc="guarding", unit="entry", disable=not progress or guard is None):
+        source = entry["input"].removeprefix(prefix)
+        entry["model_response"] = guard(source, entry["raw_response"]) if guard else entry["raw_response"]
+    if out_path is not None:
+        write_json(out_path, results)
     return results
 
 

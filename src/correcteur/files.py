@@ -17,6 +17,10 @@ from typing import BinaryIO
 
 from correcteur.errors import UserError
 
+# The repository (the package is installed editable from it): corpus, checkpoints, runs.
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+CHECKPOINTS_DIR = PROJECT_ROOT / "checkpoints"
+
 
 def atomic_write(path: str | Path, write: Callable[[BinaryIO], object]) -> Path:
     """Call `write(file)` on a temporary file next to `path`, then rename it to `path`."""

@@ -44,6 +44,8 @@ def generate(model, idx: torch.Tensor, max_new_tokens: int, context_size: int,
     Left-padded batches pass `attention_mask` (1 = token, 0 = padding). The model reads the
     prompt cropped from the left so that prompt and new tokens fit in `context_size` (the same
     window with and without the cache); the whole prompt is returned, as in the course."""
+    if max_new_tokens >= context_size:
+        use_cache = False  # no room for any prompt in a cache: slide the window, as the course does
     keep = max(1, context_size - max_new_tokens)
     prompt, idx = idx, idx[:, -keep:]
     if attention_mask is not None:

