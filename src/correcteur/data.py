@@ -301,27 +301,27 @@ def group_pairs(records: list[Record], sentence_id: str, augment: AugmentConfig,
 def build_splits(records: list[Record], augment: AugmentConfig, seed: int, lexicon: Lexicon,
                  fits: Callable[[str, str], bool], input_prefix: str = ""
                  ) -> tuple[dict[str, list[dict]], Counter]:
-    """Split by sentence, then augment each split. A corrupted input can by chance equal an
-    input of another split (la → là may give another real sentence): test and validation
-    drop such pairs, so no input is ever shared between splits."""
+    """Split by sentence, then augment each split. A corrupted input can by chance equal a
+    text of an earlier split, input or correct sentence (ses → ces may give another real
+    sentence): test and validation drop such pairs, so no text is ever shared between splits."""
     by_id: dict[str, list[Record]] = {}
     for record in records:
         by_id.setdefault(record.sentence_id, []).append(record)
     ids_of = split_ids(by_id, seed)
-    splits, dropped, earlier_inputs = {}, Counter(), set()
+    splits, dropped, earlier_texts = {}, Counter(), set()
     for name in ("train", "test", "val"):
         entries = []
         for sentence_id in tqdm(sorted(ids_of[name]), desc=f"augmenting {name}", unit="sentence",
                                 disable=None):
             for entry in group_pairs(by_id[sentence_id], sentence_id, augment, seed, lexicon, input_prefix):
-                if entry["input"] in earlier_inputs:
+                if entry["input"].removeprefix(input_prefix) in earlier_texts:
                     dropped["input_in_other_split"] += 1
                 elif not fits(entry["input"], entry["output"]):
                     dropped["too_long_after_augmentation"] += 1
                 else:
                     entries.append(entry)
         random.Random(f"{seed}:{name}").shuffle(entries)
-        earlier_inputs |= {entry["input"] for entry in entries}
+        earlier_texts |= {e["input"].removeprefix(input_prefix) for e in entries} | {e["output"] for e in entries}
         splits[name] = entries
     return splits, dropped
 
