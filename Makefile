@@ -4,6 +4,11 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 PROFILE ?= auto
+# Without an NVIDIA GPU, take torch's CPU build (hundreds of MB instead of several GB), unless
+# pip already has a local CPU wheel (find-links) that serves.
+TORCH_CPU := $(shell command -v nvidia-smi >/dev/null 2>&1 || \
+	ls $$($(PYTHON) -m pip config get global.find-links 2>/dev/null) $${PIP_FIND_LINKS} 2>/dev/null | \
+	grep -q 'torch-.*+cpu' || echo --extra-index-url https://download.pytorch.org/whl/cpu)
 
 .PHONY: help setup run test lint format bench clean
 
@@ -13,12 +18,12 @@ help:  ## list the commands
 $(VENV)/.runtime: requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -r requirements.txt
+	$(PY) -m pip install -q $(TORCH_CPU) -r requirements.txt
 	$(PY) -m pip install -q --no-deps -e .
 	touch $@
 
 $(VENV)/.dev: $(VENV)/.runtime requirements-dev.txt
-	$(PY) -m pip install -q -r requirements-dev.txt
+	$(PY) -m pip install -q $(TORCH_CPU) -r requirements-dev.txt
 	touch $@
 
 setup: $(VENV)/.runtime  ## create .venv and install the runtime packages
