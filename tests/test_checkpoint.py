@@ -223,3 +223,36 @@ def test_lora_keeps_adapters_in_last_and_merges_them_in_best(tmp_path):
                     model=tiny_model(), tokenizer=CharTokenizer(), resume=True)
     assert resumed.summary["steps"] == 3
     assert lora.count_trainable(resumed.model) == lora.count_trainable(tiny_model())  # merged
+
+
+def test_lora_adapters_alone_rebuild_the_fine_tuned_model(tmp_path, tokenizer):
+    """adapters.pt holds only the LoRA weights; loading it rebuilds the base model, applies and
+    merges them, and gives the same model as best.pt."""
+    write_data(tmp_path / "data", PAIRS[:4], PAIRS[:2])
+    config = tiny_config(tmp_path, model="gpt2-tiny", allow_scratch=True, lora_rank=4, lora_alpha=8,
+                         max_steps=2, eval_freq=2, lr=1e-2)
+    run_dir = train(config).run_dir
+    best, _, _ = load_for_inference(run_dir / "best.pt")
+    rebuilt, _, meta = load_for_inference(run_dir / "adapters.pt")
+    assert meta["kind"] == "adapters" and meta["lora"]["rank"] == 4
+    idx = torch.tensor([tokenizer.encode("Il a manger une pomme.")])
+    with torch.no_grad():
+        torch.testing.assert_close(rebuilt(idx), best(idx), rtol=0, atol=1e-5)
+    assert (run_dir / "adapters.pt").stat().st_size < 0.2 * (run_dir / "best.pt").stat().st_size
+
+
+def test_export_command_writes_a_half_checkpoint(tmp_path, capsys):
+    from correcteur.checkpoint import save_checkpoint
+    from correcteur.cli import main
+    from correcteur.model import GPTModel
+
+    model = GPTModel({"vocab_size": 64, "context_length": 16, "emb_dim": 16, "n_heads": 2, "n_layers": 1,
+                      "drop_rate": 0.0, "qkv_bias": True})
+    save_checkpoint(tmp_path / "best.pt", {"format_version": 1, "kind": "inference", "model": model.state_dict(),
+                                           "dtype": "float32", "model_cfg": model.cfg, "family": "gpt2",
+                                           "tokenizer": "gpt2", "prompt_style": "short"})
+    assert main(["export", "--checkpoint", str(tmp_path), "--out", str(tmp_path / "half.pt")]) == 0
+    half = load_checkpoint(tmp_path / "half.pt")
+    assert half["dtype"] == "bfloat16" and all(t.dtype == torch.bfloat16 for t in half["model"].values())
+    assert "bfloat16" in capsys.readouterr().out
+    assert main(["export", "--checkpoint", str(tmp_path / "nothing"), "--out", str(tmp_path / "x.pt")]) == 2

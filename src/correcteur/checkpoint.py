@@ -124,6 +124,30 @@ def inference_state(model, meta: dict, state, lora: bool = False) -> dict:
             "step": state.step, "val_loss": state.best_val_loss, **meta}
 
 
+def adapters_state(model, meta: dict, state, config) -> dict:
+    """The payload of adapters.pt: the LoRA weights alone (a few MB instead of the whole
+    model) and what it takes to rebuild the base model around them (`load_for_inference`)."""
+    from correcteur.lora import lora_state_dict
+
+    return {"format_version": FORMAT_VERSION, "kind": "adapters",
+            "adapters": {k: v.detach().cpu() for k, v in lora_state_dict(model).items()},
+            "lora": {"rank": config.lora_rank, "alpha": config.lora_alpha, "seed": config.seed},
+            "base_model": {"name": config.model, "allow_scratch": config.allow_scratch, "seed": config.seed},
+            "step": state.step, "val_loss": state.best_val_loss, **meta}
+
+
+def _base_with_adapters(payload: dict) -> torch.nn.Module:
+    """The base model the adapters were trained on, adapters merged in."""
+    from correcteur.lora import apply_lora, load_lora_state_dict, merge_lora
+    from correcteur.weights import load_base_model
+
+    base = payload["base_model"]
+    model, _, _ = load_base_model(base["name"], allow_scratch=base["allow_scratch"], seed=base["seed"])
+    apply_lora(model, rank=payload["lora"]["rank"], alpha=payload["lora"]["alpha"], seed=payload["lora"]["seed"])
+    load_lora_state_dict(model, payload["adapters"])
+    return merge_lora(model)
+
+
 def _cpu_state_dict(model) -> dict:
     """The state dict on the CPU with tied weights still one tensor, so saved once."""
     copies: dict[int, torch.Tensor] = {}
@@ -158,7 +182,9 @@ def _model_class(family: str):
 
 
 def _model_from_payload(payload: dict, path: Path, dtype: torch.dtype | None) -> torch.nn.Module:
-    """The model a best.pt describes, in `dtype` (None: as stored)."""
+    """The model a best.pt (or an adapters.pt) describes, in `dtype` (None: as stored)."""
+    if payload.get("kind") == "adapters":
+        return _base_with_adapters(payload).to(dtype or torch.float32).eval()
     if payload.get("kind") != "inference":
         raise UserError(f"{path} is a resumable training state, not a model for inference: use "
                         "the best.pt next to it (or the run directory)")
@@ -187,7 +213,7 @@ def load_for_inference(path: str | Path, device: str | torch.device | None = Non
         from correcteur.tokenizer import get_tokenizer
 
         tokenizer = get_tokenizer(payload["tokenizer"])
-    meta = {k: v for k, v in payload.items() if k != "model"}
+    meta = {k: v for k, v in payload.items() if k not in ("model", "adapters")}
     return model, tokenizer, meta
 
 
@@ -200,3 +226,22 @@ def export_half(path: str | Path, out: str | Path, dtype: torch.dtype = torch.bf
     payload = load_checkpoint(path)
     model = _model_from_payload(payload, path, dtype)  # tied weights stay one tensor
     return save_checkpoint(out, {**payload, "model": model.state_dict(), "dtype": names[dtype]})
+
+
+# ----------------------------------------------------------------------------- command line
+
+
+def add_export_arguments(parser) -> None:
+    parser.add_argument("--checkpoint", required=True, help="training run folder or its best.pt")
+    parser.add_argument("--out", required=True, help="file to write, e.g. checkpoints/RUN/model-bf16.pt")
+    parser.add_argument("--dtype", choices=sorted(HALF_DTYPES), default="bfloat16",
+                        help="bfloat16 (same range as float32) or float16")
+
+
+def run_export(args) -> int:
+    source = _inference_file(args.checkpoint)
+    out = export_half(source, args.out, HALF_DTYPES[args.dtype])
+    ratio = out.stat().st_size / source.stat().st_size
+    print(f"{out}: {out.stat().st_size / 2**20:.1f} MiB in {args.dtype} ({ratio:.0%} of {source.name}); "
+          f"use it wherever a checkpoint is asked for (--checkpoint {out})")
+    return 0

@@ -17,6 +17,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "download": ("correcteur.weights", "download GPT-2 (or SmolLM2) weights into checkpoints/"),
     "data": ("correcteur.data", "build the instruction dataset: clean, augment, split leak-free"),
     "train": ("correcteur.train", "fine-tune a model on the instruction dataset"),
+    "export": ("correcteur.checkpoint", "write a trained model in bfloat16/float16 (half the size)"),
     "respond": ("correcteur.evaluate", "generate a model_response for every test entry"),
     "score": ("correcteur.metrics", "score responses against the reference and the copy baseline"),
     "judge": ("correcteur.judge", "score responses with an LLM judge (Ollama or OpenAI-compatible)"),

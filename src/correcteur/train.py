@@ -529,8 +529,7 @@ def train(config: TrainConfig, model: torch.nn.Module | None = None, tokenizer=N
                     bar.set_postfix(train=f"{record['train_loss']:.3f}", val=f"{record['val_loss']:.3f}",
                                     lr=f"{record['lr']:.1e}")
                     if state.bad_evals == 0:
-                        best = ckpt.inference_state(model, meta, state, lora=bool(config.lora_rank))
-                        ckpt.save_checkpoint(run_dir / "best.pt", best)
+                        _save_best(model, meta, state, config)
                     elif state.bad_evals >= config.patience:
                         state.stop_reason = "early_stopping"
                 if interrupt.requested or state.step % config.checkpoint_every == 0:
@@ -552,11 +551,20 @@ def train(config: TrainConfig, model: torch.nn.Module | None = None, tokenizer=N
         # Stopped before its first evaluation: the only weights there are become best.pt, so the
         # run can be used; no state changes, so a resumed run still equals an uninterrupted one.
         print(f"no evaluation in {state.step} steps (--eval-freq {config.eval_freq}): saving the last weights as best.pt")
-        ckpt.save_checkpoint(run_dir / "best.pt", ckpt.inference_state(model, meta, state, lora=bool(config.lora_rank)))
+        _save_best(model, meta, state, config)
     if state.stop_reason != "early_stopping" and state.epoch >= config.num_epochs:
         state.stop_reason = "completed"
     save_last()
     return _finish(model, config, state, meta, memory, device)
+
+
+def _save_best(model, meta: dict, state: TrainState, config: TrainConfig) -> None:
+    """best.pt (the whole model, LoRA merged in) and, for a LoRA run, adapters.pt alone."""
+    from correcteur import checkpoint as ckpt
+
+    ckpt.save_checkpoint(config.run_dir / "best.pt", ckpt.inference_state(model, meta, state, lora=bool(config.lora_rank)))
+    if config.lora_rank:
+        ckpt.save_checkpoint(config.run_dir / "adapters.pt", ckpt.adapters_state(model, meta, state, config))
 
 
 def train_step(model, optimizer, params, micro_batches, device, amp, max_grad_norm: float,
