@@ -268,3 +268,11 @@ def test_cli_missing_checkpoint(tmp_path, capsys):
     assert main(["correct", "--checkpoint", str(missing), "Il a manger."]) == 2
     err = capsys.readouterr().err
     assert f"no checkpoint at {missing}" in err and "python -m correcteur train" in err
+
+
+def test_the_training_input_prefix_is_put_back_in_the_prompt():
+    """A model trained on "grammaire: ..." inputs is asked the same way when correcting."""
+    corrector = scripted({"Il a manger.": "Il a mangé."})
+    corrector.input_prefix = "grammaire: "
+    assert "\ngrammaire: Il a manger." in corrector._encode("Il a manger.").prompt
+    assert corrector.correct("Il a manger.") == "Il a mangé."

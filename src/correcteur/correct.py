@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from correcteur.data import INSTRUCTION, build_prompt, extract_response
+from correcteur.data import correction_prompt, extract_response
 from correcteur.errors import UserError
 from correcteur.generate import generate, left_pad
 
@@ -117,6 +117,7 @@ class Corrector:
         self.batch_size = batch_size
         self.use_cache = use_cache
         self.meta: dict = {}  # what the checkpoint says of itself, when loaded from one
+        self.input_prefix = ""  # put before each text, when the training data had one
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str | None = None,
@@ -134,10 +135,11 @@ class Corrector:
 
         model, tokenizer, meta = load_for_inference(path)
         style = meta.get("prompt_style", "alpaca")
-        checker = guard_for_checkpoint(model, tokenizer, style, path) if guard else None
+        prefix = meta.get("input_prefix", "")
+        checker = guard_for_checkpoint(model, tokenizer, style, path, prefix) if guard else None
         corrector = cls(model, tokenizer, prompt_style=style, device=device, guard=checker,
                         name=meta.get("model_name", path.name), batch_size=batch_size)
-        corrector.meta = meta
+        corrector.meta, corrector.input_prefix = meta, prefix
         return corrector
 
     @property
@@ -174,7 +176,7 @@ class Corrector:
             raise UserError(f"the text holds a token the model reserves for itself "
                             f"({str(error).splitlines()[0]}): remove it and try again") from None
         max_new_tokens = int(self.max_new_tokens_factor * n_input) + 8
-        prompt = build_prompt({"instruction": INSTRUCTION, "input": text}, self.prompt_style)
+        prompt = correction_prompt(text, self.prompt_style, self.input_prefix)
         prompt_ids = self.tokenizer.encode(prompt, allowed_special=set())
         context = self.model.context_length
         if len(prompt_ids) + max_new_tokens > context:

@@ -81,6 +81,12 @@ def build_prompt(entry: dict, style: str = "alpaca") -> str:
     return format_input(entry, style) + format_response_prefix(style)
 
 
+def correction_prompt(text: str, style: str = "alpaca", input_prefix: str = "") -> str:
+    """The prompt that asks for `text` to be corrected, as the model saw it in training
+    (`input_prefix`, e.g. "grammaire: ", when the dataset had one)."""
+    return build_prompt({"instruction": INSTRUCTION, "input": input_prefix + text}, style)
+
+
 def extract_response(generated: str, style: str = "alpaca") -> str:
     """The correction inside generated text: what follows the response header (the whole text
     if it has none), up to the next "###" header, end-of-text or, for the short style, the

@@ -26,8 +26,8 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from correcteur.correct import INSTRUCTION, diff_words
-from correcteur.data import build_prompt
+from correcteur.correct import diff_words
+from correcteur.data import correction_prompt
 from correcteur.metrics import levenshtein, score_entries
 
 WORD = re.compile(r"\w+")
@@ -45,8 +45,10 @@ class Guard:
     """`guard(source, candidate) -> text`: the candidate, the part of it that passes, or the source."""
 
     def __init__(self, model: torch.nn.Module, tokenizer, prompt_style: str = "alpaca",
-                 config: GuardConfig | None = None, lexicon: frozenset[str] | None = None):
+                 config: GuardConfig | None = None, lexicon: frozenset[str] | None = None,
+                 input_prefix: str = ""):
         self.model, self.tokenizer, self.prompt_style = model, tokenizer, prompt_style
+        self.input_prefix = input_prefix
         self.config = config or GuardConfig()
         if lexicon is None and self.config.lexicon:
             from correcteur.augment import french_lexicon
@@ -97,8 +99,8 @@ class Guard:
     @torch.no_grad()
     def log_prob(self, source: str, response: str) -> float:
         """log p(response, end-of-text | prompt for `source`) under the model."""
-        prompt = self.tokenizer.encode(build_prompt({"instruction": INSTRUCTION, "input": source},
-                                                    self.prompt_style), allowed_special=set())
+        prompt = self.tokenizer.encode(correction_prompt(source, self.prompt_style, self.input_prefix),
+                                       allowed_special=set())
         answer = self.tokenizer.encode(response, allowed_special=set()) + [self.tokenizer.eot_token]
         ids = torch.tensor([prompt + answer], device=next(self.model.parameters()).device)
         ids = ids[:, -self.model.context_length:]
@@ -172,9 +174,10 @@ def checkpoint_folder(checkpoint: str | Path) -> Path:
 
 
 def guard_for_checkpoint(model: torch.nn.Module, tokenizer, prompt_style: str,
-                         checkpoint: str | Path) -> Guard:
+                         checkpoint: str | Path, input_prefix: str = "") -> Guard:
     """The guard with the thresholds tuned for this checkpoint (defaults when untuned)."""
-    return Guard(model, tokenizer, prompt_style, load_guard_config(checkpoint_folder(checkpoint)))
+    return Guard(model, tokenizer, prompt_style, load_guard_config(checkpoint_folder(checkpoint)),
+                 input_prefix=input_prefix)
 
 
 def calibrate_guard(checkpoint: str | Path, val_path: str | Path, limit: int | None = None,
@@ -188,7 +191,7 @@ def calibrate_guard(checkpoint: str | Path, val_path: str | Path, limit: int | N
     corrector = Corrector.from_checkpoint(checkpoint, guard=False, batch_size=batch_size)
     entries = load_entries(val_path)[:limit]
     answered = respond(corrector, entries, prefix=prefix, batch_size=batch_size)
-    guard = Guard(corrector.model, corrector.tokenizer, corrector.prompt_style)
+    guard = Guard(corrector.model, corrector.tokenizer, corrector.prompt_style, input_prefix=corrector.input_prefix)
     config, grid = tune_guard(guard, answered, prefix=prefix)
     save_guard_config(config, checkpoint_folder(checkpoint),
                       {"val_file": str(val_path), "entries": len(entries), "grid": grid})

@@ -373,6 +373,15 @@ def load_split(data_dir: str | Path, split: str) -> list[dict]:
     return data
 
 
+def _data_input_prefix(data_dir: str | Path) -> str:
+    """The prefix the dataset put before every input (manifest.json), which the corrector
+    must put back at inference; none for files that came without a manifest."""
+    manifest = Path(data_dir) / "manifest.json"
+    if not manifest.is_file():
+        return ""
+    return json.loads(manifest.read_text(encoding="utf-8")).get("config", {}).get("input_prefix", "")
+
+
 def _seed_everything(seed: int) -> None:
     random.seed(seed)
     torch.manual_seed(seed)
@@ -461,7 +470,8 @@ def train(config: TrainConfig, model: torch.nn.Module | None = None, tokenizer=N
         apply_lora(model, rank=config.lora_rank, alpha=config.lora_alpha, seed=config.seed)
     model.to(device)
     meta = {"model_cfg": model.cfg, "family": model.family, "model_name": base_info["name"],
-            "tokenizer": tokenizer.name, "prompt_style": config.prompt_style, "base": base_info}
+            "tokenizer": tokenizer.name, "prompt_style": config.prompt_style, "base": base_info,
+            "input_prefix": _data_input_prefix(config.data_dir)}
 
     max_length = min(config.allowed_max_length or model.context_length, model.context_length)
     train_data, val_data = (InstructionDataset(splits[name], tokenizer, config.prompt_style, max_length)
