@@ -28,6 +28,7 @@ from tqdm import tqdm
 
 from correcteur.correct import diff_words
 from correcteur.data import correction_prompt
+from correcteur.files import write_json
 from correcteur.metrics import levenshtein, score_entries
 
 WORD = re.compile(r"\w+")
@@ -113,10 +114,7 @@ class Guard:
 
 
 def save_guard_config(config: GuardConfig, folder: str | Path, tuning: dict | None = None) -> Path:
-    path = Path(folder) / GUARD_FILE
-    path.write_text(json.dumps({"config": dataclasses.asdict(config), "tuning": tuning or {}},
-                               indent=2, ensure_ascii=False), encoding="utf-8")
-    return path
+    return write_json(Path(folder) / GUARD_FILE, {"config": dataclasses.asdict(config), "tuning": tuning or {}})
 
 
 def load_guard_config(folder: str | Path) -> GuardConfig:

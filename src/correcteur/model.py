@@ -70,10 +70,6 @@ class KVCache:
         self.layers[layer] = (k, v)
         return k, v
 
-    def select(self, rows: torch.Tensor) -> None:
-        """Keep only these batch rows (used when finished sequences leave a batch)."""
-        self.layers = [None if kv is None else (kv[0][rows], kv[1][rows]) for kv in self.layers]
-
 
 def attention_mask_for(attention_mask: torch.Tensor, q_len: int) -> torch.Tensor:
     """Boolean (batch, 1, q_len, k_len) mask: causal, and blind to padded keys.

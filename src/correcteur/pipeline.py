@@ -24,7 +24,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+from correcteur.files import CHECKPOINTS_DIR, PROJECT_ROOT, write_json
+
 NOTEBOOKS = ["01_setup", "02_dataset", "03_finetune", "04_evaluate", "05_demo"]
 
 
@@ -90,7 +91,7 @@ class RunPaths:
 
     @property
     def checkpoints(self) -> Path:
-        return Path(os.environ.get("CORRECTEUR_CHECKPOINTS") or ROOT / "checkpoints")
+        return Path(os.environ.get("CORRECTEUR_CHECKPOINTS") or CHECKPOINTS_DIR)
 
     @property
     def checkpoint(self) -> Path:
@@ -104,9 +105,9 @@ class RunPaths:
 def notebook_run(profile: str | None = None, run_dir: str | Path | None = None) -> tuple[Profile, RunPaths]:
     """The profile and paths a notebook works with: those the main job passes through the
     environment, else the arguments, else `auto` and `runs/notebooks`."""
-    os.chdir(ROOT)  # relative paths (checkpoints/, data/) mean what they mean on the command line
+    os.chdir(PROJECT_ROOT)  # relative paths (checkpoints/, data/) mean what they mean on the command line
     profile = os.environ.get("CORRECTEUR_PROFILE") or profile or "auto"
-    run_dir = Path(os.environ.get("CORRECTEUR_RUN_DIR") or run_dir or ROOT / "runs" / "notebooks")
+    run_dir = Path(os.environ.get("CORRECTEUR_RUN_DIR") or run_dir or PROJECT_ROOT / "runs" / "notebooks")
     run_dir.mkdir(parents=True, exist_ok=True)
     return get_profile(profile), RunPaths(run_dir)
 
@@ -139,8 +140,7 @@ def describe_device() -> dict:
 
 def record(paths: RunPaths, name: str, data: dict) -> None:
     """Leave a notebook's key facts in the run folder for `summary.md`."""
-    (paths.run_dir / f"{name}.json").write_text(json.dumps(data, indent=2, ensure_ascii=False, default=str),
-                                                encoding="utf-8")
+    write_json(paths.run_dir / f"{name}.json", data)
 
 
 def run_notebooks(profile: Profile, run_dir: Path, timeout: int = 7200) -> list[dict]:
@@ -153,9 +153,9 @@ def run_notebooks(profile: Profile, run_dir: Path, timeout: int = 7200) -> list[
                       CORRECTEUR_HEADLESS="1", MPLBACKEND="module://matplotlib_inline.backend_inline")
     timings = []
     for name in NOTEBOOKS:
-        notebook = nbformat.read(ROOT / "notebooks" / f"{name}.ipynb", as_version=4)
+        notebook = nbformat.read(PROJECT_ROOT / "notebooks" / f"{name}.ipynb", as_version=4)
         client = NotebookClient(notebook, timeout=timeout, kernel_name="python3",
-                                resources={"metadata": {"path": str(ROOT / "notebooks")}})
+                                resources={"metadata": {"path": str(PROJECT_ROOT / "notebooks")}})
         start = time.perf_counter()
         print(f"[{name}] running...", flush=True)
         try:
@@ -203,12 +203,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", default="auto", choices=[*PROFILES, "auto"],
                         help="gpu: gpt2-medium, the user's settings; cpu: SmolLM2-135M + LoRA sized for 2 cores; "
                              "tiny: seconds, for CI; auto: gpu when CUDA is available, else cpu")
-    parser.add_argument("--runs-dir", type=Path, default=ROOT / "runs", help="where run folders are created")
+    parser.add_argument("--runs-dir", type=Path, default=PROJECT_ROOT / "runs", help="where run folders are created")
     args = parser.parse_args(argv)
     profile = get_profile(args.profile)
     run_dir = args.runs_dir / f"{datetime.datetime.now():%Y%m%d-%H%M%S}-{profile.name}"
     run_dir.mkdir(parents=True)
-    (run_dir / "profile.json").write_text(json.dumps(dataclasses.asdict(profile), indent=2), encoding="utf-8")
+    write_json(run_dir / "profile.json", dataclasses.asdict(profile))
     print(f"profile {profile.name}: writing the executed notebooks to {run_dir}", flush=True)
     try:
         timings = run_notebooks(profile, run_dir)

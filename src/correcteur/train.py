@@ -28,7 +28,7 @@ import numpy as np
 import psutil
 import torch
 import torch.nn.functional as F
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from correcteur.errors import UserError
@@ -122,25 +122,6 @@ def batch_order(lengths: list[int], batch_size: int, seed: int, epoch: int,
     if group_by_length:
         batches = [batches[i] for i in rng.permutation(len(batches))]
     return batches
-
-
-class EpochBatchSampler(Sampler):
-    """`batch_order` as a `DataLoader(batch_sampler=...)`; call `set_epoch` before each epoch."""
-
-    def __init__(self, lengths: list[int], batch_size: int, seed: int = 123,
-                 group_by_length: bool = False):
-        self.lengths, self.batch_size, self.seed = lengths, batch_size, seed
-        self.group_by_length = group_by_length
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __iter__(self):
-        return iter(batch_order(self.lengths, self.batch_size, self.seed, self.epoch, self.group_by_length))
-
-    def __len__(self) -> int:
-        return math.ceil(len(self.lengths) / self.batch_size)
 
 
 # ----------------------------------------------------------------------------- the course's loop
