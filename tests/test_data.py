@@ -112,9 +112,10 @@ def test_clean_records_counts_what_it_drops_and_groups_by_output():
     records = [Record("Il est là.", None, "s", "s-1"), Record("  ", None, "s", "s-2"),
                Record("Il est là.", None, "s", "s-3"), Record("Il est\u00a0là.", "Il et la.", "s", "s-4"),
                Record("Il est là.", "Il et la.", "s", "s-5"), Record("a <|endoftext|> b", None, "s", "s-6"),
-               Record("Une phrase bien trop longue pour ce modèle.", None, "s", "s-7")]
+               Record("Une phrase bien trop longue pour ce modèle.", None, "s", "s-7"),
+               Record("Fin.", "Fin <|im_end|>", "s", "s-8")]
     kept, dropped = clean_records(records, lambda given, output: word_count(output) <= 5)
-    assert dropped == Counter(empty=1, duplicate=2, special_token=1, too_long=1)
+    assert dropped == Counter(empty=1, duplicate=2, special_token=2, too_long=1)
     assert [(r.input, r.sentence_id) for r in kept] == [(None, "s-1"), ("Il et la.", "s-1")]
 
 

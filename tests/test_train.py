@@ -253,3 +253,9 @@ def test_resume_takes_the_settings_left_at_their_defaults_from_the_run(tmp_path)
     write_json(first.run_dir / "config.json", dataclasses.asdict(first))
     given = TrainConfig(model="tiny", out_dir=first.out_dir, max_steps=9)  # `--resume --max-steps 9`
     assert resumed_config(given) == dataclasses.replace(first, max_steps=9)
+
+
+@pytest.mark.parametrize("setting", [{"lr": 0.0}, {"batch_size": 0}, {"lora_rank": -1}, {"eval_freq": -5}])
+def test_impossible_settings_are_refused_with_a_message(tmp_path, setting):
+    with pytest.raises(UserError, match="invalid training settings"):
+        tiny_config(tmp_path, **setting)

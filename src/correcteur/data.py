@@ -44,6 +44,9 @@ CORPUS_DIR = PROJECT_ROOT / "data" / "corpus"
 SPLIT_SHARES = {"train": 0.85, "test": 0.10, "val": 0.05}  # as in the seed project
 SPLIT_FILES = {"train": "train.json", "val": "val.json", "test": "test.json"}
 SPECIAL_TOKEN = "<|endoftext|>"
+# Text shaped like a model's control tokens (<|endoftext|>, SmolLM2's <|im_end|>, ...): such
+# rows are dropped, since tokenizers refuse them and a model must never learn to write them.
+SPECIAL_MARKUP = re.compile(r"<\|[^|<>\s]+\|>")
 
 # ---------------------------------------------------------------------------- prompt
 
@@ -260,7 +263,7 @@ def clean_records(records: Iterable[Record], fits: Callable[[str, str], bool]
         given = None if record.input is None else normalize_text(record.input)
         if not output or given == "":
             dropped["empty"] += 1
-        elif SPECIAL_TOKEN in output or SPECIAL_TOKEN in (given or ""):
+        elif SPECIAL_MARKUP.search(output) or SPECIAL_MARKUP.search(given or ""):
             dropped["special_token"] += 1
         elif (given, output) in seen:
             dropped["duplicate"] += 1

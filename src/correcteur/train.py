@@ -276,6 +276,17 @@ class TrainConfig:
     max_steps: int | None = _option(None, "stop after this many optimizer steps (resumable)", type=int)
     max_minutes: float | None = _option(None, "stop after this many minutes of training (resumable)", type=float)
 
+    def __post_init__(self) -> None:
+        positive = {"lr": self.lr, "num_epochs": self.num_epochs, "batch_size": self.batch_size,
+                    "grad_accum_steps": self.grad_accum_steps, "eval_freq": self.eval_freq,
+                    "eval_iter": self.eval_iter, "patience": self.patience, "checkpoint_every": self.checkpoint_every}
+        bad = [f"{name}={value}" for name, value in positive.items() if not value > 0]
+        bad += [f"{name}={value}" for name, value in (("weight_decay", self.weight_decay), ("lora_rank", self.lora_rank),
+                                                       ("max_grad_norm", self.max_grad_norm)) if value < 0]
+        if bad:
+            raise UserError(f"invalid training settings: {', '.join(bad)} (counts and the learning rate must be "
+                            "positive; weight decay, LoRA rank and clipping may be 0, never negative)")
+
     @property
     def run_dir(self) -> Path:
         name = self.run_name or self.model.replace("/", "_") + (f"-lora{self.lora_rank}" if self.lora_rank else "")
