@@ -77,9 +77,10 @@ def main() -> None:
         uncached = best_time(lambda: generate(ours, prompt, new, 1024, use_cache=False), 1)
         hf_gen = best_time(lambda: hf.generate(prompt, max_new_tokens=new, min_new_tokens=new, do_sample=False,
                                                pad_token_id=0), args.repeats)
-    rows += [("greedy 128 tokens, KV cache", "ours", new / cached),
-             ("greedy 128 tokens, no cache", "ours", new / uncached),
-             ("greedy 128 tokens, KV cache", "transformers", new / hf_gen)]
+    label = f"greedy {new} tokens"
+    rows += [(f"{label}, KV cache", "ours", new / cached),
+             (f"{label}, no cache", "ours", new / uncached),
+             (f"{label}, KV cache", "transformers", new / hf_gen)]
 
     train_ratio = rows[0][2] / rows[1][2]
     table = [
