@@ -20,8 +20,8 @@ import time
 import torch
 from results import write_section
 
-from correcteur.correct import INSTRUCTION, Corrector
-from correcteur.data import build_prompt
+from correcteur.correct import Corrector
+from correcteur.data import correction_prompt
 from correcteur.model import GPTModel, gpt2_config
 from correcteur.tokenizer import get_tokenizer
 
@@ -43,7 +43,7 @@ def measure(corrector: Corrector, label: str, repeats: int) -> dict:
         times.append(time.perf_counter() - start)
         steps.append(len(calls))
     hook.remove()
-    prompt = build_prompt({"instruction": INSTRUCTION, "input": SENTENCE}, corrector.prompt_style)
+    prompt = correction_prompt(SENTENCE, corrector.prompt_style, corrector.input_prefix)
     return {"label": label, "prompt_style": corrector.prompt_style,
             "cache": "on" if corrector.use_cache else "off", "prompt_tokens": len(corrector.tokenizer.encode(prompt)),
             "steps": max(steps), "median": statistics.median(times), "best": min(times)}
