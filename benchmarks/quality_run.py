@@ -47,7 +47,9 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     name = args.run_name or f"quality-{args.model}-{'lora' + str(args.lora_rank) if args.lora_rank else 'full'}"
-    data_dir, report_dir = ROOT / "data" / "quality", ROOT / "runs" / name
+    # One dataset per setting that shapes it, so a changed option never reuses stale data.
+    data_dir = ROOT / "data" / "quality" / f"{args.prompt_style}-v{args.variants}-seed123"
+    report_dir = ROOT / "runs" / name
     started = time.perf_counter()
 
     if not (data_dir / "manifest.json").exists():

@@ -33,10 +33,11 @@ from pathlib import Path
 from typing import NamedTuple
 
 from correcteur.baselines import copy_baseline
+from correcteur.data import HF_PREFIX
 from correcteur.errors import UserError
 from correcteur.files import load_entries, write_json
 
-DEFAULT_PREFIX = "grammaire: "
+DEFAULT_PREFIX = HF_PREFIX  # stripped from inputs when present, as the HF dataset has it
 BETA = 0.5  # F0.5: a wrong correction costs more than a missed one, as in grammatical error correction
 WORD = re.compile(r"\w+|[^\w\s]")
 SCORE_KEYS = ("n", "n_with_errors", "n_clean", "exact_match", "cer", "copy_cer",
