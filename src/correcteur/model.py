@@ -187,7 +187,26 @@ class TransformerBlock(nn.Module):
         return x + self.drop_shortcut(self.ff(self.norm2(x)))
 
 
-class GPTModel(nn.Module):
+class CausalLM(nn.Module):
+    """What every model family of the package shares (`GPTModel`, `LlamaModel`): a `cfg` dict,
+    GPT-2's initialisation, the context length and a KV cache sized for its `trf_blocks`."""
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+    @property
+    def context_length(self) -> int:
+        return self.cfg["context_length"]
+
+    def new_cache(self) -> KVCache:
+        return KVCache(len(self.trf_blocks))
+
+
+class GPTModel(CausalLM):
     family = "gpt2"
 
     def __init__(self, cfg: dict):
@@ -204,20 +223,6 @@ class GPTModel(nn.Module):
         for name, p in self.named_parameters():  # GPT-2's scaled init of residual projections
             if name.endswith(("out_proj.weight", "layers.2.weight")):
                 nn.init.normal_(p, mean=0.0, std=0.02 / (2 * cfg["n_layers"]) ** 0.5)
-
-    @staticmethod
-    def _init_weights(module: nn.Module) -> None:
-        if isinstance(module, (nn.Linear, nn.Embedding)):
-            nn.init.normal_(module.weight, mean=0.0, std=0.02)
-        if isinstance(module, nn.Linear) and module.bias is not None:
-            nn.init.zeros_(module.bias)
-
-    @property
-    def context_length(self) -> int:
-        return self.cfg["context_length"]
-
-    def new_cache(self) -> KVCache:
-        return KVCache(len(self.trf_blocks))
 
     def forward(self, in_idx: torch.Tensor, cache: KVCache | None = None,
                 attention_mask: torch.Tensor | None = None, only_last: bool = False) -> torch.Tensor:
