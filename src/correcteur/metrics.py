@@ -258,19 +258,27 @@ def plot_error_types(scores: dict, baselines: dict[str, dict] | None = None,
     if not types:
         raise UserError("these entries carry no `error_types`: there is nothing to plot per type")
     systems = {"model": scores, **(baselines or {})}
-    fig = Figure(figsize=(max(6, 1.2 * len(types) * len(systems) / 2), 4), layout="constrained")
+    fig = Figure(figsize=(min(14, max(6, 0.9 * len(types) + 2)), 4.5), layout="constrained")
     ax = fig.subplots()
     width = 0.8 / len(systems)
+    floor = -1.0 if metric == "error_reduction" else None  # below -1: more than doubles the errors
     for k, (name, system) in enumerate(systems.items()):
         values = [system.get("per_error_type", {}).get(t, {}).get(metric) for t in types]
-        ax.bar([x + k * width for x in range(len(types))],
-               [math.nan if v is None else v for v in values], width, label=name)
+        xs = [x + k * width for x in range(len(types))]
+        shown = [math.nan if v is None else v if floor is None else max(v, floor) for v in values]
+        ax.bar(xs, shown, width, label=name)
+        for x, value in zip(xs, values, strict=True):  # a clipped bar says how far it goes
+            if floor is not None and value is not None and value < floor:
+                ax.annotate(f"{value:.1f}", (x, floor), ha="center", va="top", fontsize=7,
+                            xytext=(0, -2), textcoords="offset points")
+    if floor is not None:
+        ax.set_ylim(floor - 0.15, 1.05)
     ax.axhline(0, color="black", linewidth=0.8)
     labels = [f"{t} (n={scores['per_error_type'][t]['n']})" for t in types]
     ax.set_xticks([x + width * (len(systems) - 1) / 2 for x in range(len(types))], labels,
                   rotation=30, ha="right")
     ax.set_ylabel(metric)
-    ax.set_title(f"{metric} by error type (line: returning the input)")
+    ax.set_title(f"{metric} by error type (0: returning the input; bars below -1 clipped, value shown)")
     ax.legend()
     if save_path is not None:
         fig.savefig(save_path, dpi=120)
