@@ -12,6 +12,7 @@ benchmarks/RESULTS.md.
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import statistics
 import sys
@@ -85,8 +86,8 @@ def main() -> None:
         print(table(rows[-1:]).splitlines()[-1], flush=True)
 
     body = "\n\n".join([
-        f"On {platform.machine()}, {torch.get_num_threads()} torch threads (2-core CPU shared with other "
-        f"jobs); torch {torch.__version__}, Python {platform.python_version()}.",
+        f"On {platform.machine()}, {os.cpu_count()} CPU cores, {torch.get_num_threads()} torch threads; "
+        f"torch {torch.__version__}, Python {platform.python_version()}.",
         f"Sentence ({len(SENTENCE.split())} words, {len(tokenizer.encode(SENTENCE))} GPT-2 tokens): "
         f"“{SENTENCE}”",
         table(rows),
