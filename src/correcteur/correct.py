@@ -22,6 +22,7 @@ from tqdm import tqdm
 from correcteur.data import correction_prompt, extract_response
 from correcteur.errors import UserError
 from correcteur.generate import generate, left_pad
+from correcteur.model import pick_device
 
 GuardFn = Callable[[str, str], str]
 
@@ -107,7 +108,7 @@ class Corrector:
                  device: str | torch.device | None = None, max_new_tokens_factor: float = 1.5,
                  guard: GuardFn | None = None, name: str = "model", batch_size: int = 8,
                  use_cache: bool = True):
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.device = pick_device(str(device or "auto"))
         self.model = model.to(self.device).eval()
         self.tokenizer = tokenizer
         self.prompt_style = prompt_style

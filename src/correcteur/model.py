@@ -49,6 +49,17 @@ def gpt2_config(name: str) -> dict:
     return {**BASE_CONFIG, **model_configs[canonical_gpt2_name(name)]}
 
 
+def pick_device(name: str = "auto") -> torch.device:
+    """`auto`: a CUDA GPU, else Apple's MPS, else the CPU; any other name as given."""
+    if name != "auto":
+        return torch.device(name)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
 class KVCache:
     """Keys and values of the positions seen so far, one (k, v) pair per layer.
 

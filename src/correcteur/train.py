@@ -34,6 +34,7 @@ from tqdm.auto import tqdm
 from correcteur.errors import UserError
 from correcteur.files import write_json
 from correcteur.generate import generate, text_to_token_ids, token_ids_to_text
+from correcteur.model import pick_device
 
 # ----------------------------------------------------------------------------- data to batches
 
@@ -319,16 +320,6 @@ class TrainResult:
     history: list[dict]
     run_dir: Path
     summary: dict
-
-
-def pick_device(name: str = "auto") -> torch.device:
-    if name != "auto":
-        return torch.device(name)
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
 
 
 def autocast_for(device: torch.device):
