@@ -185,10 +185,11 @@ def _plain(meta: dict) -> dict:
 # ----------------------------------------------------------------------------- command line
 
 
-def add_respond_arguments(parser: argparse.ArgumentParser) -> None:
+def add_respond_arguments(parser: argparse.ArgumentParser,
+                          out_help: str = "JSON file to write (re-running resumes it)") -> None:
     parser.add_argument("--checkpoint", required=True, help="training run folder or its best.pt")
     parser.add_argument("--test", default="data/test.json", help="entries with input and output")
-    parser.add_argument("--out", required=True, help="JSON file to write (re-running resumes it)")
+    parser.add_argument("--out", required=True, help=out_help)
     parser.add_argument("--prefix", default=DEFAULT_PREFIX, help="prefix stripped from inputs when present")
     parser.add_argument("--batch-size", type=int, default=32, help="sentences generated together")
     parser.add_argument("--limit", type=int, default=None, help="answer only the first N entries")
@@ -208,11 +209,7 @@ def run_respond(args: argparse.Namespace) -> int:
 
 
 def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
-    add_respond_arguments(parser)
-    parser.set_defaults(out=None)
-    for action in parser._actions:
-        if action.dest == "out":
-            action.required, action.help = True, "report folder (report.json, report.md, figures)"
+    add_respond_arguments(parser, out_help="report folder (report.json, report.md, figures)")
     parser.add_argument("--no-base-model", action="store_true", help="skip the base-model baseline")
     parser.add_argument("--no-grammalecte", action="store_true", help="skip the Grammalecte baseline")
     parser.add_argument("--judge", action="store_true", help="also ask the LLM judge (needs Ollama)")
