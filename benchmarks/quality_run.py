@@ -37,7 +37,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--prompt-style", default="short")
     parser.add_argument("--variants", type=int, default=4, help="corrupted inputs per training sentence")
-    parser.add_argument("--val-limit", type=int, default=200, help="validation entries used to tune the guard")
+    parser.add_argument("--val-limit", type=int, default=300, help="validation entries used to tune the guard")
     parser.add_argument("--test-limit", type=int, default=400, help="test entries scored (0: all)")
     parser.add_argument("--eval-batch-size", type=int, default=32, help="sentences generated together")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
@@ -59,7 +59,7 @@ def main() -> None:
 
     config = TrainConfig(model=args.model, data_dir=str(data_dir), out_dir=str(ROOT / "checkpoints"), run_name=name,
                          prompt_style=args.prompt_style, lr=args.lr, batch_size=args.batch_size, num_epochs=3,
-                         eval_freq=50, eval_iter=4, patience=6, lora_rank=args.lora_rank,
+                         eval_freq=50, eval_iter=4, patience=6, lora_rank=args.lora_rank, group_by_length=True,
                          lora_alpha=2.0 * args.lora_rank, max_minutes=args.minutes, checkpoint_every=50)
     result = train(config, resume=args.resume)
 
@@ -77,7 +77,8 @@ def main() -> None:
         f"`{args.model}`, {'LoRA rank ' + str(args.lora_rank) if args.lora_rank else 'full fine-tuning'}, "
         f"lr {args.lr}, batch {args.batch_size}, prompt `{args.prompt_style}`, {torch.get_num_threads()} threads. "
         f"Data: embedded corpus, seed 123, {manifest['counts']} pairs (split by sentence before augmentation).",
-        f"Training: {summary['steps']} steps, {summary['tokens_seen']:,} tokens in {summary['train_seconds'] / 60:.1f} min "
+        f"Training: {summary['steps']} steps ({summary['steps'] * args.batch_size:,} examples, batches grouped by "
+        f"length), {summary['tokens_seen']:,} tokens in {summary['train_seconds'] / 60:.1f} min "
         f"({summary['tokens_per_s']:.0f} tokens/s), stopped by {summary['stop_reason']}; best validation loss "
         f"{summary['best_val_loss'] or float('nan'):.4f} at step {summary['best_step']}; "
         f"peak RAM {summary['peak_ram_mb']:.0f} MB.",

@@ -132,3 +132,26 @@ def test_scaling_and_dropout():
     assert not torch.allclose(layer.train()(x), expected, atol=1e-3)  # dropout acts in training
     with pytest.raises(ValueError):
         LoRALinear(nn.Linear(8, 5), rank=0, alpha=1)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_loss_on_response_logits_only_equals_the_course_loss(family):
+    """calc_loss_batch runs the output head on counted targets only: same loss, same gradients."""
+    from correcteur.train import calc_loss_batch
+
+    inputs, targets = batch()
+    targets = targets.clone()
+    targets[:, :9] = -100  # the prompt
+    targets[1, 12:] = -100  # padding
+    losses, grads = [], []
+    for compute in (lambda m: calc_loss_batch(inputs, targets, m, "cpu"),
+                    lambda m: nn.functional.cross_entropy(m(inputs).flatten(0, 1), targets.flatten())):
+        model = tiny(family)
+        loss = compute(model)
+        loss.backward()
+        losses.append(loss.item())
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
+    assert losses[0] == pytest.approx(losses[1], abs=1e-6)
+    assert torch.allclose(grads[0], grads[1], atol=1e-6)
+    chosen = tiny(family)(inputs, logits_at=targets != -100)
+    assert chosen.shape == ((targets != -100).sum().item(), 61)

@@ -126,8 +126,8 @@ def load_guard_config(folder: str | Path) -> GuardConfig:
 
 
 def tune_guard(guard: Guard, entries: list[dict], max_harm: float = 0.05, min_clean: float = 0.97,
-               ratios: tuple[float, ...] = (0.1, 0.2, 0.3, 0.5, 1.0),
-               margins: tuple[float, ...] = (-2.0, 0.0, 1.0, 2.0, 4.0),
+               ratios: tuple[float, ...] = (0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0),
+               margins: tuple[float, ...] = (-2.0, -1.0, 0.0, 0.5, 1.0, 2.0, 3.0, 4.0),
                prefix: str = "") -> tuple[GuardConfig, list[dict]]:
     """Pick the thresholds with the best error reduction whose harm rate and clean-text
     preservation meet the targets, on entries that carry `raw_response` (validation split).

@@ -181,7 +181,8 @@ class LlamaModel(CausalLM):
         self.apply(self._init_weights)
 
     def forward(self, in_idx: torch.Tensor, cache: KVCache | None = None,
-                attention_mask: torch.Tensor | None = None, only_last: bool = False) -> torch.Tensor:
+                attention_mask: torch.Tensor | None = None, only_last: bool = False,
+                logits_at: torch.Tensor | None = None) -> torch.Tensor:
         """Logits (batch, time, vocab) for `in_idx` (batch, time); the arguments mean what they
         mean for `GPTModel.forward`. Left padding shifts nothing: positions count real tokens."""
         pos, mask = positions_and_mask(in_idx, cache, attention_mask, self.context_length)
@@ -192,6 +193,8 @@ class LlamaModel(CausalLM):
             x = block(x, rope, cache, i, mask)
         if only_last:
             x = x[:, -1:]
+        elif logits_at is not None:
+            x = x[logits_at]
         return self.out_head(self.final_norm(x))
 
     @classmethod

@@ -236,12 +236,15 @@ class GPTModel(CausalLM):
                 nn.init.normal_(p, mean=0.0, std=0.02 / (2 * cfg["n_layers"]) ** 0.5)
 
     def forward(self, in_idx: torch.Tensor, cache: KVCache | None = None,
-                attention_mask: torch.Tensor | None = None, only_last: bool = False) -> torch.Tensor:
+                attention_mask: torch.Tensor | None = None, only_last: bool = False,
+                logits_at: torch.Tensor | None = None) -> torch.Tensor:
         """Logits (batch, time, vocab) for `in_idx` (batch, time).
 
         `cache` makes this call continue from the positions it holds; `attention_mask`
         (batch, past + time, 1 = token, 0 = left padding) covers the cached positions too.
-        `only_last` returns the logits of the last position only, all generation needs."""
+        `only_last` returns the logits of the last position only, all generation needs;
+        `logits_at` (batch, time, bool) returns (n, vocab) for the chosen positions only: the
+        output head is a fifth of a small model's compute, and training needs no prompt logits."""
         pos, mask = positions_and_mask(in_idx, cache, attention_mask, self.context_length)
 
         x = self.drop_emb(self.tok_emb(in_idx) + self.pos_emb(pos))
@@ -249,6 +252,8 @@ class GPTModel(CausalLM):
             x = block(x, cache, i, mask)
         if only_last:
             x = x[:, -1:]
+        elif logits_at is not None:
+            x = x[logits_at]
         return self.out_head(self.final_norm(x))
 
     @classmethod

@@ -130,10 +130,14 @@ def batch_order(lengths: list[int], batch_size: int, seed: int, epoch: int,
 
 def calc_loss_batch(input_batch: torch.Tensor, target_batch: torch.Tensor, model: torch.nn.Module,
                     device: str | torch.device) -> torch.Tensor:
-    """Mean cross-entropy over the target tokens that are not `-100`."""
+    """Mean cross-entropy over the target tokens that are not `-100`.
+
+    Same value as the course's `cross_entropy(logits.flatten(0, 1), targets.flatten())`, but
+    the output head only runs where a target counts (the response), not on prompt and padding."""
     input_batch, target_batch = input_batch.to(device), target_batch.to(device)
-    logits = model(input_batch)
-    return F.cross_entropy(logits.flatten(0, 1).float(), target_batch.flatten())
+    counted = target_batch != -100
+    logits = model(input_batch, logits_at=counted)
+    return F.cross_entropy(logits.float(), target_batch[counted])
 
 
 def calc_loss_loader(data_loader, model: torch.nn.Module, device: str | torch.device,
