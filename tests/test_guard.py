@@ -69,7 +69,7 @@ def test_tuning_picks_the_best_setting_within_the_harm_budget(tokenizer, monkeyp
                "raw_response": "Il faut que tu viens.", "error_types": []}
     entries = [good] * 8 + [harmful] * 2
     config, grid = tune_guard(guard, entries)
-    assert len(grid) == 5 * 5 * 2
+    assert len(grid) == 7 * 8 * 2  # ratios x margins x lexicon on/off
     assert 0.5 < config.min_margin <= 3.0  # rejects the harmful edits, keeps the fixes
     best = next(r for r in grid if (r["max_edit_ratio"], r["min_margin"], r["lexicon"])
                 == (config.max_edit_ratio, config.min_margin, config.lexicon))
