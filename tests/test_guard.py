@@ -13,7 +13,7 @@ from correcteur.guard import (
 )
 from correcteur.model import GPTModel
 
-LEXICON = frozenset({"les", "enfants", "sont", "allés", "à", "école", "l", "il", "faut", "que", "tu", "viennes", "viens"})
+LEXICON = frozenset({"les", "enfants", "sont", "allés", "à", "école", "l", "il", "faut", "que", "tu", "viennes", "viens", "vienne"})
 TINY = {"vocab_size": 50257, "context_length": 128, "emb_dim": 32, "n_heads": 2, "n_layers": 1,
         "drop_rate": 0.0, "qkv_bias": True}
 
@@ -61,12 +61,13 @@ def test_log_prob_is_the_sum_of_the_answer_tokens_log_probabilities(tokenizer):
 def test_tuning_picks_the_best_setting_within_the_harm_budget(tokenizer, monkeypatch):
     guard = make_guard(tokenizer)
     # Both edits use known words, so only the model's confidence can separate them:
-    # good fixes get a margin of 3, the harmful edit 0.5.
+    # good fixes get a margin of 3, the harmful edit 0.5; both change one character, so the
+    # edit budget cannot separate them either.
     monkeypatch.setattr(Guard, "margin", lambda self, s, c: 3.0 if "enfants" in c else 0.5)
     good = {"input": "Les enfant sont là.", "output": "Les enfants sont là.",
             "raw_response": "Les enfants sont là.", "error_types": ["agreement"]}
     harmful = {"input": "Il faut que tu viennes.", "output": "Il faut que tu viennes.",
-               "raw_response": "Il faut que tu viens.", "error_types": []}
+               "raw_response": "Il faut que tu vienne.", "error_types": []}  # one character, as the fix
     entries = [good] * 8 + [harmful] * 2
     config, grid = tune_guard(guard, entries)
     assert len(grid) == 7 * 8 * 2  # ratios x margins x lexicon on/off
