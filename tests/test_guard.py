@@ -1,11 +1,14 @@
 """The guard keeps the model's edits only where they pass; its tuning meets the targets."""
 
+import pytest
 import torch
 
 from correcteur.data import build_prompt
 from correcteur.guard import (
     Guard,
     GuardConfig,
+    apply_edits,
+    edit_pieces,
     guard_for_checkpoint,
     load_guard_config,
     save_guard_config,
@@ -56,24 +59,53 @@ def test_log_prob_is_the_sum_of_the_answer_tokens_log_probabilities(tokenizer):
     expected = sum(log_probs[len(prompt) - 1 + i, t].item() for i, t in enumerate(target))
     assert abs(guard.log_prob(source, answer) - expected) < 1e-4
     assert abs(guard.margin(source, source)) < 1e-6
+    # One right-padded batch scores each answer as if it were alone.
+    answers = [answer, "Il", "Il faut que tu viennes, je crois, demain matin.", source]
+    batched = guard.log_probs(source, answers)
+    assert batched == pytest.approx([guard.log_probs(source, [a])[0] for a in answers], abs=1e-4)
+    assert batched[0] == pytest.approx(expected, abs=1e-4)
+
+
+def test_edit_pieces_round_trip():
+    source, candidate = "Les enfant sont aller a l'école hier.", "Les enfants sont allés à l'école."
+    pieces = edit_pieces(source, candidate)
+    edits = [piece for piece in pieces if piece[0] == "edit"]
+    assert apply_edits(pieces, set()) == source
+    assert apply_edits(pieces, set(range(len(edits)))) == candidate
+    assert [e[1:] for e in edits] == [("enfant", "enfants"), ("aller", "allés"), ("a", "à"),
+                                      ("l'école hier.", "l'école.")]
+    assert apply_edits(pieces, {1}) == "Les enfant sont allés a l'école hier."
+
+
+def test_per_edit_margin_keeps_the_good_edit_beside_a_bad_one(tokenizer, monkeypatch):
+    source, candidate = "Les enfant sont allés à l'école.", "Les enfants sont allé à l'école."
+    # enfant→enfants gains 3 nats, allés→allé loses 2: the whole answer gains 1.
+    gains = {"enfants": 3.0, "allé ": -2.0}
+    monkeypatch.setattr(Guard, "log_probs", lambda self, s, responses: [
+        sum(g for word, g in gains.items() if word in r) for r in responses])
+    whole = make_guard(tokenizer, max_edit_ratio=0.5, min_margin=0.5, lexicon=False)
+    assert whole.decide(source, candidate) == (candidate, "accepted")  # the bad edit rides along
+    per_edit = make_guard(tokenizer, max_edit_ratio=0.5, min_margin=0.5, lexicon=False, per_edit=True)
+    assert per_edit.decide(source, candidate) == ("Les enfants sont allés à l'école.", "accepted")
+    assert per_edit.decide(source, "Les enfant sont allé à l'école.") == (source, "margin")
 
 
 def test_tuning_picks_the_best_setting_within_the_harm_budget(tokenizer, monkeypatch):
     guard = make_guard(tokenizer)
-    # Both edits use known words, so only the model's confidence can separate them:
-    # good fixes get a margin of 3, the harmful edit 0.5; both change one character, so the
-    # edit budget cannot separate them either.
-    monkeypatch.setattr(Guard, "margin", lambda self, s, c: 3.0 if "enfants" in c else 0.5)
+    # Both edits use known words and change one character, so only the model's confidence
+    # can separate them: good fixes gain 3 nats, the harmful edit 0.5.
+    monkeypatch.setattr(Guard, "log_probs", lambda self, s, responses: [
+        3.0 if "enfants" in r else 0.5 if "vienne." in r else 0.0 for r in responses])
     good = {"input": "Les enfant sont là.", "output": "Les enfants sont là.",
             "raw_response": "Les enfants sont là.", "error_types": ["agreement"]}
     harmful = {"input": "Il faut que tu viennes.", "output": "Il faut que tu viennes.",
-               "raw_response": "Il faut que tu vienne.", "error_types": []}  # one character, as the fix
+               "raw_response": "Il faut que tu vienne.", "error_types": []}
     entries = [good] * 8 + [harmful] * 2
     config, grid = tune_guard(guard, entries)
-    assert len(grid) == 7 * 8 * 2  # ratios x margins x lexicon on/off
+    assert len(grid) == 7 * 8 * 2 * 2  # ratios x margins x lexicon on/off x per edit or whole
     assert 0.5 < config.min_margin <= 3.0  # rejects the harmful edits, keeps the fixes
-    best = next(r for r in grid if (r["max_edit_ratio"], r["min_margin"], r["lexicon"])
-                == (config.max_edit_ratio, config.min_margin, config.lexicon))
+    best = next(r for r in grid if (r["max_edit_ratio"], r["min_margin"], r["lexicon"], r["per_edit"])
+                == (config.max_edit_ratio, config.min_margin, config.lexicon, config.per_edit))
     assert best["harm_rate"] == 0 and best["error_reduction"] == 1.0 and best["clean_preserved"] == 1.0
 
 

@@ -8,7 +8,9 @@ correction is accepted only where three checks agree:
 2. the lexicon: each changed stretch of words may only introduce words French knows (or words
    already in the input); stretches that fail are put back as they were, the rest is kept;
 3. the model's own confidence: the corrected text must be more likely, under the model and
-   its prompt, than the unchanged input, by a margin (in nats).
+   its prompt, than the unchanged input, by a margin (in nats). With `per_edit`, each changed
+   stretch is judged on its own (the input with only that stretch applied), so one bad edit
+   no longer costs the good ones beside it.
 
 The thresholds are tuned on the validation split (`tune_guard`) and saved as `guard.json`
 next to the checkpoint; the test split never sees them change.
@@ -40,6 +42,40 @@ class GuardConfig:
     max_edit_ratio: float = 0.3  # character edits allowed, as a share of the input's length
     min_margin: float = 0.0  # log p(correction) - log p(input) the model must reach, in nats
     lexicon: bool = True  # undo changed stretches that bring in words outside the lexicon
+    per_edit: bool = False  # the margin judges each changed stretch alone, not the whole answer
+
+
+Piece = tuple[str, str] | tuple[str, str, str]  # ("equal", text) or ("edit", removed, inserted)
+
+
+def edit_pieces(source: str, candidate: str) -> list[Piece]:
+    """`diff_words` as equal runs and edits (a removed text and the text replacing it, either
+    of which may be empty)."""
+    pieces: list[Piece] = []
+    for tag, text in diff_words(source, candidate):
+        if tag == "equal":
+            pieces.append(("equal", text))
+        elif tag == "insert" and pieces and pieces[-1][0] == "edit" and not pieces[-1][2]:
+            pieces[-1] = ("edit", pieces[-1][1], text)
+        else:
+            pieces.append(("edit", text, "") if tag == "delete" else ("edit", "", text))
+    return pieces
+
+
+def apply_edits(pieces: list[Piece], accepted: set[int]) -> str:
+    """The source with the edits numbered in `accepted` (0, 1, ... in order) applied."""
+    text, number = [], 0
+    for piece in pieces:
+        if piece[0] == "equal":
+            text.append(piece[1])
+        else:
+            text.append(piece[2] if number in accepted else piece[1])
+            number += 1
+    return "".join(text)
+
+
+def edit_count(pieces: list[Piece]) -> int:
+    return sum(piece[0] == "edit" for piece in pieces)
 
 
 class Guard:
@@ -68,10 +104,17 @@ class Guard:
             return source, "empty"
         if levenshtein(source, candidate) > max(1.0, self.config.max_edit_ratio * len(source)):
             return source, "edit budget"
-        if self.config.lexicon:
-            candidate = self.known_words_only(source, candidate)
-            if candidate == source:
-                return source, "lexicon"
+        pieces = edit_pieces(source, candidate)
+        kept = self.known_edits(source, pieces) if self.config.lexicon else set(range(edit_count(pieces)))
+        if not kept:
+            return source, "lexicon"
+        if self.config.per_edit:
+            margins = self.edit_margins(source, pieces, sorted(kept))
+            kept = {number for number, margin in margins.items() if margin >= self.config.min_margin}
+            if not kept:
+                return source, "margin"
+            return apply_edits(pieces, kept), "accepted"
+        candidate = apply_edits(pieces, kept)
         if self.margin(source, candidate) < self.config.min_margin:
             return source, "margin"
         return candidate, "accepted"
@@ -80,37 +123,50 @@ class Guard:
         return (len(word) == 1 or word.isdigit() or word in source_words
                 or word.lower() in self.lexicon)
 
+    def known_edits(self, source: str, pieces: list[Piece]) -> set[int]:
+        """The edits that bring in only known words (a pure deletion brings in nothing)."""
+        source_words = set(WORD.findall(source))
+        edits = [piece for piece in pieces if piece[0] == "edit"]
+        return {number for number, (_, _, inserted) in enumerate(edits)
+                if all(self.is_known(word, source_words) for word in WORD.findall(inserted))}
+
     def known_words_only(self, source: str, candidate: str) -> str:
         """The candidate with every changed stretch that introduces an unknown word put back
         to the source's words."""
-        source_words = set(WORD.findall(source))
-        kept, removed = [], ""
-        for tag, text in diff_words(source, candidate):
-            if tag == "delete":
-                removed = text
-                continue
-            if tag == "insert":
-                ok = all(self.is_known(w, source_words) for w in WORD.findall(text))
-                kept.append(text if ok else removed)
-            else:
-                kept.append(text)  # a deletion with no insertion introduces nothing
-            removed = ""
-        return "".join(kept)
+        pieces = edit_pieces(source, candidate)
+        return apply_edits(pieces, self.known_edits(source, pieces))
 
     @torch.no_grad()
-    def log_prob(self, source: str, response: str) -> float:
-        """log p(response, end-of-text | prompt for `source`) under the model."""
+    def log_probs(self, source: str, responses: list[str]) -> list[float]:
+        """log p(response, end-of-text | prompt for `source`) under the model, for each response
+        (one batch: right padding cannot change the scores of the tokens before it)."""
         prompt = self.tokenizer.encode(correction_prompt(source, self.prompt_style, self.input_prefix),
                                        allowed_special=set())
-        answer = self.tokenizer.encode(response, allowed_special=set()) + [self.tokenizer.eot_token]
-        ids = torch.tensor([prompt + answer], device=next(self.model.parameters()).device)
-        ids = ids[:, -self.model.context_length:]
-        logits = self.model(ids[:, :-1]).float()
-        log_probs = torch.log_softmax(logits[0, -len(answer):], dim=-1)
-        return log_probs.gather(1, ids[0, -len(answer):, None]).sum().item()
+        answers = [self.tokenizer.encode(r, allowed_special=set()) + [self.tokenizer.eot_token] for r in responses]
+        width = len(prompt) + max(map(len, answers))
+        cut = max(0, width - self.model.context_length)  # drop the prompt's start, alike in every row
+        rows = [prompt[cut:] + answer + [self.tokenizer.eot_token] * (width - len(prompt) - len(answer))
+                for answer in answers]
+        ids = torch.tensor(rows, device=next(self.model.parameters()).device)
+        scored = torch.zeros_like(ids[:, 1:], dtype=torch.bool)
+        start = len(prompt) - cut - 1  # the position whose logits predict the answer's first token
+        for row, answer in enumerate(answers):
+            scored[row, start:start + len(answer)] = True
+        logits = self.model(ids[:, :-1], logits_at=scored).float()
+        token_log_probs = torch.log_softmax(logits, dim=-1).gather(1, ids[:, 1:][scored][:, None])[:, 0]
+        return [part.sum().item() for part in token_log_probs.split([len(a) for a in answers])]
+
+    def log_prob(self, source: str, response: str) -> float:
+        return self.log_probs(source, [response])[0]
 
     def margin(self, source: str, candidate: str) -> float:
-        return self.log_prob(source, candidate) - self.log_prob(source, source)
+        unchanged, corrected = self.log_probs(source, [source, candidate])
+        return corrected - unchanged
+
+    def edit_margins(self, source: str, pieces: list[Piece], numbers: list[int]) -> dict[int, float]:
+        """For each edit numbered in `numbers`: log p(source with that edit alone) - log p(source)."""
+        unchanged, *alone = self.log_probs(source, [source] + [apply_edits(pieces, {n}) for n in numbers])
+        return {number: score - unchanged for number, score in zip(numbers, alone, strict=True)}
 
 
 def save_guard_config(config: GuardConfig, folder: str | Path, tuning: dict | None = None) -> Path:
@@ -132,29 +188,27 @@ def tune_guard(guard: Guard, entries: list[dict], max_harm: float = 0.05, min_cl
     """Pick the thresholds with the best error reduction whose harm rate and clean-text
     preservation meet the targets, on entries that carry `raw_response` (validation split).
 
-    Margins are computed once per entry (with and without the lexicon step), so the grid
-    costs two model scorings per entry whatever its size. When no setting meets the targets,
-    the one with the lowest harm rate wins."""
-    facts = []
-    for entry in tqdm(entries, desc="tuning the guard", unit="entry", disable=None):
-        source, raw = entry["input"].removeprefix(prefix), entry["raw_response"]
-        variants = {}
-        for use_lexicon in (False, True):
-            candidate = guard.known_words_only(source, raw) if use_lexicon and guard.lexicon else raw
-            changed = candidate != source and bool(candidate.strip())
-            variants[use_lexicon] = (candidate, guard.margin(source, candidate) if changed else 0.0)
-        facts.append((source, raw, variants))
+    The model scores each entry once (one batch: the input, the answer with and without the
+    lexicon step, and each edit alone), so the grid's size costs no model time. When no
+    setting meets the targets, the one with the lowest harm rate wins."""
+    facts = [_guard_facts(guard, entry["input"].removeprefix(prefix), entry["raw_response"], max(ratios))
+             for entry in tqdm(entries, desc="tuning the guard", unit="entry", disable=None)]
 
     results = []
-    for ratio, margin, use_lexicon in itertools.product(ratios, margins, (False, True)):
+    for ratio, margin, use_lexicon, per_edit in itertools.product(ratios, margins, (False, True), (False, True)):
         answered = []
-        for entry, (source, raw, variants) in zip(entries, facts, strict=True):
-            candidate, model_margin = variants[use_lexicon]
-            too_far = levenshtein(source, raw) > max(1.0, ratio * len(source))
-            accept = candidate.strip() and not too_far and model_margin >= margin
-            answered.append({**entry, "model_response": candidate if accept else source})
+        for entry, fact in zip(entries, facts, strict=True):
+            answer = fact["source"]
+            if fact["distance"] <= max(1.0, ratio * len(answer)):
+                kept = fact["known"] if use_lexicon else fact["all"]
+                if per_edit:
+                    kept = {n for n in kept if fact["edit_margins"][n] >= margin}
+                elif fact["whole_margin"][use_lexicon] < margin:
+                    kept = set()
+                answer = apply_edits(fact["pieces"], kept)
+            answered.append({**entry, "model_response": answer})
         scores = score_entries(answered, prefix=prefix)
-        results.append({"max_edit_ratio": ratio, "min_margin": margin, "lexicon": use_lexicon,
+        results.append({"max_edit_ratio": ratio, "min_margin": margin, "lexicon": use_lexicon, "per_edit": per_edit,
                         **{k: scores[k] for k in ("error_reduction", "harm_rate", "clean_preserved", "exact_match")}})
 
     def meets(r: dict) -> bool:
@@ -163,7 +217,24 @@ def tune_guard(guard: Guard, entries: list[dict], max_harm: float = 0.05, min_cl
     eligible = [r for r in results if meets(r)]
     best = (max(eligible, key=lambda r: r["error_reduction"] or 0.0) if eligible
             else min(results, key=lambda r: r["harm_rate"] or 0.0))
-    return GuardConfig(best["max_edit_ratio"], best["min_margin"], best["lexicon"]), results
+    return GuardConfig(best["max_edit_ratio"], best["min_margin"], best["lexicon"], best["per_edit"]), results
+
+
+def _guard_facts(guard: Guard, source: str, raw: str, widest_ratio: float) -> dict:
+    """What every guard setting needs to know of one answer, with the model's scores."""
+    pieces = edit_pieces(source, raw)
+    every = set(range(edit_count(pieces)))
+    facts = {"source": source, "pieces": pieces, "all": every, "distance": levenshtein(source, raw),
+             "known": guard.known_edits(source, pieces) if guard.lexicon else every,
+             "whole_margin": {False: 0.0, True: 0.0}, "edit_margins": {}}
+    if not raw.strip() or not every or facts["distance"] > max(1.0, widest_ratio * len(source)):
+        facts["all"] = facts["known"] = set()  # never accepted, whatever the setting: no scoring
+        return facts
+    wholes = [apply_edits(pieces, facts["all"]), apply_edits(pieces, facts["known"])]
+    unchanged, *scores = guard.log_probs(source, [source, *wholes, *(apply_edits(pieces, {n}) for n in sorted(every))])
+    facts["whole_margin"] = {False: scores[0] - unchanged, True: scores[1] - unchanged}
+    facts["edit_margins"] = {n: score - unchanged for n, score in zip(sorted(every), scores[2:], strict=True)}
+    return facts
 
 
 def checkpoint_folder(checkpoint: str | Path) -> Path:
@@ -191,6 +262,7 @@ def calibrate_guard(checkpoint: str | Path, val_path: str | Path, limit: int | N
     answered = respond(corrector, entries, prefix=prefix, batch_size=batch_size)
     guard = Guard(corrector.model, corrector.tokenizer, corrector.prompt_style, input_prefix=corrector.input_prefix)
     config, grid = tune_guard(guard, answered, prefix=prefix)
-    save_guard_config(config, checkpoint_folder(checkpoint),
-                      {"val_file": str(val_path), "entries": len(entries), "grid": grid})
+    folder = checkpoint_folder(checkpoint)
+    write_json(folder / "guard_val_responses.json", answered)  # what the thresholds were tuned on
+    save_guard_config(config, folder, {"val_file": str(val_path), "entries": len(entries), "grid": grid})
     return config
