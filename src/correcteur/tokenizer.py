@@ -10,12 +10,7 @@ against its sha256: a different vocabulary is never used silently.
 from __future__ import annotations
 
 import functools
-import hashlib
 import os
-import subprocess
-import sys
-import tarfile
-import tempfile
 from pathlib import Path
 
 import tiktoken
@@ -23,7 +18,7 @@ import tiktoken.load
 from tiktoken_ext.openai_public import r50k_pat_str
 
 from correcteur.errors import UserError
-from correcteur.files import CHECKPOINTS_DIR
+from correcteur.files import CHECKPOINTS_DIR, fetch_from_pypi, sha256_of
 
 GPT2_RANKS_SHA256 = "306cd27f03c1a714eca7108e03d66b7dc042abe8c258b44c199a7ed9838dd930"
 WHISPER_SDIST = "openai-whisper==20250625"
@@ -66,7 +61,7 @@ def _gpt2_encoding() -> tiktoken.Encoding:
 
 def encoding_from_ranks(path: Path) -> tiktoken.Encoding:
     """Build GPT-2's Encoding from a `gpt2.tiktoken` ranks file, refusing any other file."""
-    if _sha256(path.read_bytes()) != GPT2_RANKS_SHA256:
+    if sha256_of(path) != GPT2_RANKS_SHA256:
         raise UserError(
             f"{path} is not GPT-2's BPE ranks file (its sha256 differs from {GPT2_RANKS_SHA256}). "
             f"Delete it and run again, or replace it by hand: {_manual_fix(path)}"
@@ -83,50 +78,8 @@ def encoding_from_ranks(path: Path) -> tiktoken.Encoding:
 
 def fetch_ranks_from_pypi(dest: Path) -> None:
     """Take `gpt2.tiktoken` out of the openai-whisper sdist (pip, no install) and keep it at `dest`."""
-    with tempfile.TemporaryDirectory() as tmp:
-        try:
-            data = _read_member(download_whisper_sdist(Path(tmp)), WHISPER_MEMBER)
-        except (OSError, subprocess.SubprocessError, tarfile.TarError) as error:
-            raise UserError(
-                f"GPT-2's tokenizer files could not be fetched: tiktoken cannot reach OpenAI's "
-                f"servers and `pip download {WHISPER_SDIST}` failed ({_short_reason(error)}). "
-                f"{_manual_fix(dest)}"
-            ) from None
-    if data is None or _sha256(data) != GPT2_RANKS_SHA256:
-        raise UserError(
-            f"the {WHISPER_SDIST} source distribution did not hold the expected GPT-2 BPE file "
-            f"{WHISPER_MEMBER}. {_manual_fix(dest)}"
-        )
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    part = dest.with_name(dest.name + ".part")
-    part.write_bytes(data)
-    part.replace(dest)
-
-
-def download_whisper_sdist(directory: Path) -> Path:
-    """Download the openai-whisper sdist into `directory` with pip and return the archive's path."""
-    command = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-               "--quiet", WHISPER_SDIST, "-d", str(directory)]
-    subprocess.run(command, check=True, capture_output=True, text=True, timeout=300)
-    archives = sorted(directory.glob("*.tar.gz"))
-    if not archives:
-        raise FileNotFoundError("pip gave no .tar.gz")
-    return archives[0]
-
-
-def _read_member(archive: Path, suffix: str) -> bytes | None:
-    with tarfile.open(archive, "r:gz") as tar:
-        for member in tar.getmembers():
-            if member.isfile() and member.name.endswith("/" + suffix):
-                return tar.extractfile(member).read()
-    return None
-
-
-def _short_reason(error: Exception) -> str:
-    if isinstance(error, subprocess.CalledProcessError):
-        lines = (error.stderr or "").strip().splitlines()
-        return lines[-1] if lines else f"exit status {error.returncode}"
-    return str(error)
+    fetch_from_pypi(WHISPER_SDIST, WHISPER_MEMBER, dest, GPT2_RANKS_SHA256,
+                    "tiktoken cannot reach OpenAI's servers either. " + _manual_fix(dest), sdist=True)
 
 
 def _manual_fix(path: Path) -> str:
@@ -135,7 +88,3 @@ def _manual_fix(path: Path) -> str:
         f"{GPT2_RANKS_SHA256}) from the {WHISPER_SDIST} sdist on PyPI to {path} "
         f"(or set ${CACHE_ENV} to the folder that holds gpt2.tiktoken)."
     )
-
-
-def _sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
