@@ -259,3 +259,15 @@ def test_resume_takes_the_settings_left_at_their_defaults_from_the_run(tmp_path)
 def test_impossible_settings_are_refused_with_a_message(tmp_path, setting):
     with pytest.raises(UserError, match="invalid training settings"):
         tiny_config(tmp_path, **setting)
+
+
+@pytest.mark.parametrize("content, message", [
+    (None, "build the dataset first"), ("[{", "not a valid JSON file"), ("[]", "non-empty JSON list"),
+    ('[{"input": "a", "output": "b"}]', "'instruction'")])
+def test_bad_splits_are_refused_with_a_reason(tmp_path, content, message):
+    from correcteur.train import load_split
+
+    if content is not None:
+        (tmp_path / "train.json").write_text(content, encoding="utf-8")
+    with pytest.raises(UserError, match=message):
+        load_split(tmp_path, "train")

@@ -32,7 +32,7 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from correcteur.errors import UserError
-from correcteur.files import write_json
+from correcteur.files import load_entries, write_json
 from correcteur.generate import generate, text_to_token_ids, token_ids_to_text
 from correcteur.model import pick_device
 
@@ -350,12 +350,9 @@ def load_split(data_dir: str | Path, split: str) -> list[dict]:
     if not path.is_file():
         raise UserError(f"no {path}: build the dataset first with `python -m correcteur data`, "
                         "or point --data at the folder that holds train.json and val.json")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise UserError(f"{path} is not valid UTF-8 JSON ({error}); rebuild it with `python -m correcteur data`") from None
+    data = load_entries(path)
     required = {"instruction", "input", "output"}
-    if not isinstance(data, list) or not data or not all(isinstance(e, dict) and required <= e.keys() for e in data):
+    if not data or not all(required <= e.keys() for e in data):
         raise UserError(f"{path} must be a non-empty JSON list of entries with keys {sorted(required)}")
     return data
 
