@@ -195,11 +195,32 @@ def test_from_checkpoint_reads_the_run_and_its_tuned_guard(monkeypatch, tmp_path
         assert corrector.guard is None
 
 
-def test_too_long_sentence_fails_before_any_generation():
-    corrector = scripted({"Court.": "Court."})
+def context_for(corrector: Corrector, longest: str) -> int:
+    """The smallest context in which `longest` fits, with its prompt and answer budget."""
+    return len(corrector._encode(longest).prompt_ids) + bound(longest)
+
+
+def test_a_sentence_too_long_for_the_context_is_cut_after_its_commas():
+    clauses = ["Hier soir, ", "les enfant sont rentrer tard; ", "leurs parent les attendait: ", "rien de grave."]
+    fixes = {c.strip(): c.strip().upper() for c in clauses}
+    corrector = scripted(fixes)
+    corrector.model.cfg["context_length"] = context_for(corrector, clauses[1].strip())
+    text = "".join(clauses) + "\n"
+    assert corrector.correct(text) == "".join(c.strip().upper() + c[len(c.strip()):] for c in clauses) + "\n"
+    # The short first clause shares its piece with nothing: joined to the next, it would not fit.
+    assert [s for batch in corrector.model.batches for s in batch] == [c.strip() for c in clauses]
+
+
+def test_a_clause_too_long_is_cut_between_words_and_a_giant_word_is_refused():
+    text = "un deux trois quatre cinq six sept huit neuf dix onze douze."
+    corrector = scripted({})
+    corrector.model.cfg["context_length"] = context_for(corrector, "quatre cinq")
+    pieces = [s for piece, separator in split_sentences(text) for s, _ in corrector._fit(piece, separator)]
+    assert " ".join(pieces) == text and len(pieces) > 3
+    assert all(corrector._fits(p) for p in pieces)
     with pytest.raises(UserError, match="too long"):
-        corrector.correct("Court. " + "mot " * 100 + "sans fin\n")
-    assert corrector.model.batches == []
+        corrector.correct("Court. " + "x" * 400 + "\n")
+    assert corrector.model.batches == []  # refused before any generation
 
 
 # --- the command line ---------------------------------------------------------------------
@@ -240,7 +261,7 @@ def test_cli_diff_of_an_argument(capsys, fake_checkpoint):
     ([], b"Il a manger.\x00\x01\x02", "binary data"),
     ([], "Il a mangé".encode("latin-1"), "not UTF-8"),
     ([], b"", "the text is empty"),
-    (["Il a manger. " + "trop long " * 60], None, "too long"),
+    (["Il a manger. " + "motsanslimite" * 60], None, "too long"),
 ])
 def test_cli_refuses_bad_input(monkeypatch, capsys, fake_checkpoint, argv, stdin, message):
     if stdin is not None:

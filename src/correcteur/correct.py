@@ -1,7 +1,8 @@
 """The corrector people use: a checkpoint, its prompt and guarded greedy generation.
 
 `Corrector` is the only thing the app and the `correct` command know of the model. Text of
-any length is cut into sentences (and lines) that fit the model's context, the pieces are
+any length is cut into sentences (and lines), a sentence too long for the model's context
+after its commas, semicolons and colons (or, failing that, between words), the pieces are
 corrected in left-padded batches with the KV cache, and the result is put back together with
 the original spaces and line breaks, so a corrector never reflows someone's text.
 """
@@ -35,6 +36,7 @@ WHITESPACE = re.compile(r"\s+")
 SENTENCE_END = re.compile(r"[.!?…]+[»”\"')\]]*$")
 WORD_BEFORE_PERIOD = re.compile(r"(?<![\w.])(\w+)\.$")
 WORD_TOKEN = re.compile(r"\S+|\s+")
+CLAUSE_BREAK = re.compile(r"(?<=[,;:])\s+")
 
 
 def split_sentences(text: str) -> list[tuple[str, str]]:
@@ -150,7 +152,7 @@ class Corrector:
 
     def correct(self, text: str, progress: bool = False) -> str:
         """Correct text of any length; spaces, blank lines and line endings come back as they were."""
-        pairs = split_sentences(text)
+        pairs = [part for piece, separator in split_sentences(text) for part in self._fit(piece, separator)]
         corrected = self.correct_batch([piece for piece, _ in pairs], progress=progress)
         return "".join(piece + separator for piece, (_, separator) in zip(corrected, pairs, strict=True))
 
@@ -169,6 +171,32 @@ class Corrector:
             for index, piece, answer in zip(indices, batch, self._generate(batch), strict=True):
                 results[index] = self.guard(piece.source, answer) if self.guard else answer
         return results
+
+    def _fit(self, piece: str, separator: str,
+             breaks: tuple[re.Pattern, ...] = (CLAUSE_BREAK, WHITESPACE)) -> list[tuple[str, str]]:
+        """`piece` as (part, separator) pairs that each fit the context: whole when it fits, else
+        cut at the first kind of break, parts joined again as long as they fit. A word longer
+        than the context stays as it is, for `_encode` to refuse with its reason."""
+        if not breaks or self._fits(piece):
+            return [(piece, separator)]
+        parts: list[tuple[str, str]] = []
+        start = 0
+        for cut in [*breaks[0].finditer(piece), None]:
+            chunk, gap = (piece[start:cut.start()], cut.group()) if cut else (piece[start:], separator)
+            start = cut.end() if cut else start
+            joined = parts[-1][0] + parts[-1][1] + chunk if parts else ""
+            if parts and self._fits(joined):
+                parts[-1] = (joined, gap)
+            else:
+                parts.extend(self._fit(chunk, gap, breaks[1:]))
+        return parts
+
+    def _fits(self, text: str) -> bool:
+        try:
+            self._encode(text)
+        except UserError:
+            return False
+        return True
 
     def _encode(self, text: str) -> Piece:
         try:
