@@ -1,10 +1,12 @@
 """respond is batched, guarded and resumable; evaluate scores the model beside the baselines."""
 
+import dataclasses
 import json
 
 import pytest
 
 from correcteur.evaluate import EvalConfig, evaluate, respond
+from correcteur.guard import GuardConfig
 from correcteur.train import TrainConfig, train
 
 ENTRIES = [
@@ -72,3 +74,4 @@ def test_evaluate_a_tiny_checkpoint(tmp_path, tokenizer):
     assert (tmp_path / "eval" / "report.md").read_text(encoding="utf-8").count("copy") >= 1
     saved = json.loads((tmp_path / "eval" / "report.json").read_text(encoding="utf-8"))
     assert saved["model"] == report["model"] and saved["config"]["checkpoint"] == str(run.run_dir)
+    assert saved["guard"] == dataclasses.asdict(GuardConfig())  # untuned: the defaults, said so

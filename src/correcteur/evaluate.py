@@ -120,6 +120,7 @@ def evaluate(config: EvalConfig) -> dict:
     scores = {name: score_entries(answers, prefix=config.prefix) for name, answers in systems.items()}
     model_scores = scores.pop("model")
     report = {"config": dataclasses.asdict(config), "checkpoint_meta": _plain(meta),
+              "guard": dataclasses.asdict(corrector.guard.config) if corrector.guard else None,
               "n": len(entries), "seconds_responding": round(seconds, 1),
               "model": model_scores, "baselines": scores,
               "table": format_table(model_scores, scores)}
@@ -164,6 +165,7 @@ def report_markdown(report: dict) -> str:
         f"Checkpoint: `{report['config']['checkpoint']}` ({report['checkpoint_meta'].get('model_name', '?')}); "
         f"test file: `{report['config']['test']}`, {report['n']} entries; "
         f"responses in {report['seconds_responding']} s.",
+        f"Guard (tuned on validation, `guard.json`): {report['guard'] or 'off'}.",
         "",
         "```",
         report["table"],
