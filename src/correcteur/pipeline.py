@@ -46,12 +46,12 @@ PROFILES = {
     "gpu": Profile(
         name="gpu", model="gpt2-medium", data_source="hf", max_sentences=None, variants_per_sentence=4,
         train=dict(num_epochs=5, lr=5e-5, weight_decay=0.1, batch_size=8, eval_freq=50, eval_iter=5,
-                   patience=4, prompt_style="alpaca"),
+                   patience=4, prompt_style="alpaca", group_by_length=True),
     ),
     "cpu": Profile(
         name="cpu", model="smollm2-135m", data_source="embedded", max_sentences=None, variants_per_sentence=2,
         train=dict(num_epochs=1, lr=1e-3, batch_size=8, eval_freq=25, eval_iter=4, patience=4,
-                   prompt_style="short", lora_rank=16, lora_alpha=32, max_minutes=8),
+                   prompt_style="short", lora_rank=16, lora_alpha=32, max_minutes=8, group_by_length=True),
         eval_limit=120,
     ),
     "tiny": Profile(
