@@ -14,7 +14,7 @@ import sys
 from correcteur.errors import UserError
 
 COMMANDS: dict[str, tuple[str, str]] = {
-    "download": ("correcteur.weights", "download GPT-2 (or SmolLM2) weights into checkpoints/"),
+    "download": ("correcteur.weights", "download GPT-2, SmolLM2 or small hub models into checkpoints/"),
     "data": ("correcteur.data", "build the instruction dataset: clean, augment, split leak-free"),
     "train": ("correcteur.train", "fine-tune a model on the instruction dataset"),
     "export": ("correcteur.checkpoint", "write a trained model in bfloat16/float16 (half the size)"),

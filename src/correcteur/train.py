@@ -35,6 +35,7 @@ from correcteur.errors import UserError
 from correcteur.files import load_entries, write_json
 from correcteur.generate import generate, text_to_token_ids, token_ids_to_text
 from correcteur.model import pick_device
+from correcteur.weights import MODEL_CHOICES, load_base_model
 
 # ----------------------------------------------------------------------------- data to batches
 
@@ -250,7 +251,8 @@ def _option(default, help: str, type=None, flag: str | None = None):
 class TrainConfig:
     """Everything one training run depends on; saved as `config.json` in the run directory."""
 
-    model: str = _option("gpt2-medium", "base model: gpt2, gpt2-medium, ..., or a name weights.py knows")
+    model: str = _option("gpt2-medium", f"base model: {MODEL_CHOICES}; gpt2-cpu and gpt2-tiny are "
+                                        "random-weight GPT-2s for --allow-scratch")
     data_dir: str = _option("data", "folder holding train.json and val.json (from `correcteur data`)", flag="--data")
     out_dir: str = _option("checkpoints", "folder that receives the run directory", flag="--out")
     run_name: str | None = _option(None, "run directory inside --out; none: the model name (+ -loraR with LoRA)", type=str)
@@ -282,6 +284,8 @@ class TrainConfig:
     max_minutes: float | None = _option(None, "stop after this many minutes of training (resumable)", type=float)
 
     def __post_init__(self) -> None:
+        if Path(self.model).is_dir():  # a model directory: absolute, so the checkpoint finds it from anywhere
+            self.model = str(Path(self.model).resolve())
         positive = {"lr": self.lr, "num_epochs": self.num_epochs, "batch_size": self.batch_size,
                     "grad_accum_steps": self.grad_accum_steps, "eval_freq": self.eval_freq,
                     "eval_iter": self.eval_iter, "patience": self.patience, "checkpoint_every": self.checkpoint_every}
@@ -294,7 +298,7 @@ class TrainConfig:
 
     @property
     def run_dir(self) -> Path:
-        name = self.run_name or self.model.replace("/", "_") + (f"-lora{self.lora_rank}" if self.lora_rank else "")
+        name = self.run_name or Path(self.model).name + (f"-lora{self.lora_rank}" if self.lora_rank else "")
         return Path(self.out_dir) / name
 
 
@@ -382,8 +386,6 @@ def _build_model(config: TrainConfig, model, tokenizer):
     """The base model and tokenizer (given, or loaded by weights.py) and what they are."""
     if model is not None:
         return model, tokenizer, {"name": config.model, "pretrained": None, "source": "given by the caller"}
-    from correcteur.weights import load_base_model
-
     model, tokenizer, info = load_base_model(config.model, config.models_dir, config.allow_scratch, config.seed)
     return model, tokenizer, dict(info)
 

