@@ -136,6 +136,7 @@ def broken_copy(source: Path, target: Path, drop: str = "", config: dict | None 
     ("no weights", r"lacks \*.safetensors, which a LlamaForCausalLM directory needs"),
     ("bert", "describes a BertForMaskedLM, which correcteur cannot load"),
     ("bad json", "is not valid JSON"),
+    ("a file", "is a file, not a model directory"),
 ])
 def test_unusable_directories_are_explained(llama_dir, tmp_path, problem, message):
     target = tmp_path / "model"
@@ -150,6 +151,8 @@ def test_unusable_directories_are_explained(llama_dir, tmp_path, problem, messag
     elif problem == "bad json":
         broken_copy(llama_dir, target)
         (target / "config.json").write_text("{not json")
+    elif problem == "a file":
+        target.write_text("weights?")
     with pytest.raises(UserError, match=message):
         weights.load_base_model(str(target))
 
@@ -207,3 +210,6 @@ def test_a_relative_model_directory_is_stored_absolute(tmp_path, monkeypatch):
     assert config.model == str(tmp_path / "my-model")
     assert config.run_dir.name == "my-model-lora4"
     assert TrainConfig(model="gpt2-medium").model == "gpt2-medium"  # names stay names
+    for name in ("smollm2-135m", "gpt2-medium", "qwen2.5-0.5b"):  # even beside a folder of that name
+        (tmp_path / name).mkdir()
+        assert TrainConfig(model=name).model == name

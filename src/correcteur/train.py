@@ -35,7 +35,7 @@ from correcteur.errors import UserError
 from correcteur.files import load_entries, write_json
 from correcteur.generate import generate, text_to_token_ids, token_ids_to_text
 from correcteur.model import pick_device
-from correcteur.weights import MODEL_CHOICES, load_base_model
+from correcteur.weights import MODEL_CHOICES, load_base_model, model_directory
 
 # ----------------------------------------------------------------------------- data to batches
 
@@ -284,8 +284,9 @@ class TrainConfig:
     max_minutes: float | None = _option(None, "stop after this many minutes of training (resumable)", type=float)
 
     def __post_init__(self) -> None:
-        if Path(self.model).is_dir():  # a model directory: absolute, so the checkpoint finds it from anywhere
-            self.model = str(Path(self.model).resolve())
+        directory = model_directory(self.model)
+        if directory is not None:  # absolute, so that the checkpoint finds its base from anywhere
+            self.model = str(directory)
         positive = {"lr": self.lr, "num_epochs": self.num_epochs, "batch_size": self.batch_size,
                     "grad_accum_steps": self.grad_accum_steps, "eval_freq": self.eval_freq,
                     "eval_iter": self.eval_iter, "patience": self.patience, "checkpoint_every": self.checkpoint_every}

@@ -408,19 +408,37 @@ def load_base_model(name: str, models_dir: str | Path = CHECKPOINTS_DIR, allow_s
     if name in HF_HUB_MODELS:
         model, tokenizer, info = load_hf_model(download_hf_model(name, models_dir))
         return model, tokenizer, {**info, "name": name, "hub_repository": HF_HUB_MODELS[name]}
-    if "/" in name or os.sep in name:
-        return load_hf_model(name)
-    try:
-        canonical_gpt2_name(name)
-    except ValueError:
-        if Path(name).is_dir():  # a folder of the working directory, named without a slash
-            return load_hf_model(name)
-        raise UserError(f"unknown model {name!r}: --model takes {MODEL_CHOICES}.") from None
+    directory = model_directory(name)
+    if directory is not None:
+        return load_hf_model(directory)
+    if not _is_gpt2_name(name):
+        raise UserError(f"unknown model {name!r}: --model takes {MODEL_CHOICES}.")
     path = download_gpt2(name, models_dir)
     model = GPTModel.from_pretrained(path)
     info = {"name": _gpt2_key(name).split(" ")[0], "family": "gpt2", "pretrained": True,
             "source": str(path), "parameters": _count(model)}
     return model, get_tokenizer("gpt2"), info
+
+
+def model_directory(name: str) -> Path | None:
+    """The local Hugging Face directory `--model name` stands for, or None for a model name.
+
+    Names win over folders: `smollm2-135m` names the model even where a folder of that name
+    (such as `checkpoints/smollm2-135m/`) is in the working directory. A name with a slash is
+    always a path; a bare word is one when it is no model's name and a folder exists there."""
+    if name in SCRATCH_CONFIGS or name == "smollm2-135m" or name in HF_HUB_MODELS:
+        return None
+    if "/" in name or os.sep in name or (not _is_gpt2_name(name) and Path(name).is_dir()):
+        return Path(name).resolve()
+    return None
+
+
+def _is_gpt2_name(name: str) -> bool:
+    try:
+        canonical_gpt2_name(name)
+    except ValueError:
+        return False
+    return True
 
 
 def load_hf_model(path: str | Path) -> tuple[torch.nn.Module, object, dict]:
@@ -430,7 +448,8 @@ def load_hf_model(path: str | Path) -> tuple[torch.nn.Module, object, dict]:
     `info["name"]` is the absolute path, so that the checkpoint's base model loads again."""
     path = Path(path).resolve()
     if not (path / "config.json").is_file():
-        what = "has no config.json" if path.is_dir() else "does not exist"
+        what = ("has no config.json" if path.is_dir() else "is a file, not a model directory"
+                if path.exists() else "does not exist")
         raise UserError(f"{path} {what}: --model takes {MODEL_CHOICES}.")
     try:
         config = json.loads((path / "config.json").read_text(encoding="utf-8"))
