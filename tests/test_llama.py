@@ -303,7 +303,7 @@ def test_fetch_extracts_checks_and_places_the_file(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("payload, returncode, message", [
-    (None, 1, "could not download"), (b"tampered", 0, "unexpected sha256")])
+    (None, 1, "could not download"), (b"tampered", 0, "not the expected file")])
 def test_failed_fetch_explains_and_leaves_nothing(tmp_path, monkeypatch, payload, returncode, message):
     monkeypatch.setattr(files.subprocess, "run", fake_pip(payload, returncode))
     with pytest.raises(UserError, match=message) as error:

