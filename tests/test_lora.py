@@ -155,3 +155,13 @@ def test_loss_on_response_logits_only_equals_the_course_loss(family):
     assert torch.allclose(grads[0], grads[1], atol=1e-6)
     chosen = tiny(family)(inputs, logits_at=targets != -100)
     assert chosen.shape == ((targets != -100).sum().item(), 61)
+
+    class CourseModel(nn.Module):  # a learner's own model: forward(idx) only
+        def __init__(self):
+            super().__init__()
+            self.inner = tiny(family)
+
+        def forward(self, idx):
+            return self.inner(idx)
+
+    assert calc_loss_batch(inputs, targets, CourseModel(), "cpu").item() == pytest.approx(losses[1], abs=1e-6)

@@ -202,6 +202,8 @@ class CausalLM(nn.Module):
     """What every model family of the package shares (`GPTModel`, `LlamaModel`): a `cfg` dict,
     GPT-2's initialisation, the context length and a KV cache sized for its `trf_blocks`."""
 
+    supports_logits_at = True  # forward(..., logits_at=mask): the loss skips prompt logits
+
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
         if isinstance(module, (nn.Linear, nn.Embedding)):

@@ -134,8 +134,11 @@ def calc_loss_batch(input_batch: torch.Tensor, target_batch: torch.Tensor, model
     """Mean cross-entropy over the target tokens that are not `-100`.
 
     Same value as the course's `cross_entropy(logits.flatten(0, 1), targets.flatten())`, but
-    the output head only runs where a target counts (the response), not on prompt and padding."""
+    the package's models run their output head only where a target counts (the response), not
+    on prompt and padding. Other models (your own chapter-4 `GPTModel`) get the course's path."""
     input_batch, target_batch = input_batch.to(device), target_batch.to(device)
+    if not getattr(model, "supports_logits_at", False):
+        return F.cross_entropy(model(input_batch).flatten(0, 1).float(), target_batch.flatten())
     counted = target_batch != -100
     logits = model(input_batch, logits_at=counted)
     return F.cross_entropy(logits.float(), target_batch[counted])
