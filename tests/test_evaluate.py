@@ -74,4 +74,5 @@ def test_evaluate_a_tiny_checkpoint(tmp_path, tokenizer):
     assert (tmp_path / "eval" / "report.md").read_text(encoding="utf-8").count("copy") >= 1
     saved = json.loads((tmp_path / "eval" / "report.json").read_text(encoding="utf-8"))
     assert saved["model"] == report["model"] and saved["config"]["checkpoint"] == str(run.run_dir)
-    assert saved["guard"] == dataclasses.asdict(GuardConfig())  # untuned: the defaults, said so
+    assert saved["guard"] == dataclasses.asdict(GuardConfig()) and saved["guard_tuned"] is False
+    assert "the defaults: no guard.json" in (tmp_path / "eval" / "report.md").read_text(encoding="utf-8")

@@ -20,6 +20,7 @@ from tqdm import tqdm
 from correcteur.baselines import copy_baseline, grammalecte_checker, grammalecte_correct
 from correcteur.errors import UserError
 from correcteur.files import load_entries, write_json
+from correcteur.guard import GUARD_FILE, checkpoint_folder
 from correcteur.metrics import DEFAULT_PREFIX, format_table, plot_error_types, score_entries
 
 
@@ -121,6 +122,7 @@ def evaluate(config: EvalConfig) -> dict:
     model_scores = scores.pop("model")
     report = {"config": dataclasses.asdict(config), "checkpoint_meta": _plain(meta),
               "guard": dataclasses.asdict(corrector.guard.config) if corrector.guard else None,
+              "guard_tuned": (checkpoint_folder(config.checkpoint) / GUARD_FILE).is_file(),
               "n": len(entries), "seconds_responding": round(seconds, 1),
               "model": model_scores, "baselines": scores,
               "table": format_table(model_scores, scores)}
@@ -165,7 +167,7 @@ def report_markdown(report: dict) -> str:
         f"Checkpoint: `{report['config']['checkpoint']}` ({report['checkpoint_meta'].get('model_name', '?')}); "
         f"test file: `{report['config']['test']}`, {report['n']} entries; "
         f"responses in {report['seconds_responding']} s.",
-        f"Guard (tuned on validation, `guard.json`): {report['guard'] or 'off'}.",
+        f"Guard: {_guard_words(report)}.",
         "",
         "```",
         report["table"],
@@ -177,6 +179,14 @@ def report_markdown(report: dict) -> str:
     if "judge" in report:
         lines += ["", "## LLM judge", "", "```", json.dumps(report["judge"], indent=2, ensure_ascii=False), "```"]
     return "\n".join(lines) + "\n"
+
+
+def _guard_words(report: dict) -> str:
+    if not report.get("guard"):
+        return "off"
+    if report.get("guard_tuned"):
+        return f"{report['guard']}, tuned on validation (guard.json)"
+    return f"{report['guard']}, the defaults: no guard.json beside the checkpoint (untuned)"
 
 
 def _plain(meta: dict) -> dict:
