@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from correcteur.data import build_prompt
+from correcteur.errors import UserError
 from correcteur.guard import (
     Guard,
     GuardConfig,
@@ -31,9 +32,12 @@ def test_lexicon_keeps_known_edits_and_undoes_unknown_ones(tokenizer):
     source = "Les enfant sont aller a l'école."
     candidate = "Les enfants sont allézz à l'école."
     # enfant→enfants and a→à bring in known words; aller→allézz does not and is put back.
-    assert guard.known_words_only(source, candidate) == "Les enfants sont aller à l'école."
+    pieces = edit_pieces(source, candidate)
+    assert apply_edits(pieces, guard.known_edits(source, pieces)) == "Les enfants sont aller à l'école."
     # Words already in the source are always allowed, whatever the lexicon says.
-    assert guard.known_words_only("Xyz abc.", "abc Xyz.") == "abc Xyz."
+    assert guard.known_edits("Xyz abc.", edit_pieces("Xyz abc.", "abc Xyz.")) == {0, 1}
+    lenient = make_guard(tokenizer, max_edit_ratio=1.0, min_margin=-1e9)
+    assert lenient.decide(source, candidate) == ("Les enfants sont aller à l'école.", "accepted")
 
 
 def test_decide_reasons(tokenizer):
@@ -57,13 +61,28 @@ def test_log_prob_is_the_sum_of_the_answer_tokens_log_probabilities(tokenizer):
     with torch.no_grad():
         log_probs = torch.log_softmax(guard.model(ids)[0], dim=-1)
     expected = sum(log_probs[len(prompt) - 1 + i, t].item() for i, t in enumerate(target))
-    assert abs(guard.log_prob(source, answer) - expected) < 1e-4
-    assert abs(guard.margin(source, source)) < 1e-6
+    assert guard.log_probs(source, [answer])[0] == pytest.approx(expected, abs=1e-4)
     # One right-padded batch scores each answer as if it were alone.
     answers = [answer, "Il", "Il faut que tu viennes, je crois, demain matin.", source]
     batched = guard.log_probs(source, answers)
     assert batched == pytest.approx([guard.log_probs(source, [a])[0] for a in answers], abs=1e-4)
     assert batched[0] == pytest.approx(expected, abs=1e-4)
+
+
+def test_rows_longer_than_the_context_lose_the_prompt_start_and_no_more(tokenizer):
+    guard = make_guard(tokenizer)
+    source = " ".join(["Les enfants jouent dans le jardin."] * 6)  # prompt + answer > 128 tokens
+    prompt = tokenizer.encode(build_prompt({"instruction": "Corrigez le texte suivant.", "input": source}, "short"))
+    target = tokenizer.encode(source) + [tokenizer.eot_token]
+    assert len(prompt) + len(target) > TINY["context_length"] > len(target)
+    ids = torch.tensor([(prompt + target)[-TINY["context_length"]:]])
+    with torch.no_grad():
+        log_probs = torch.log_softmax(guard.model(ids[:, :-1])[0], dim=-1)
+    first = ids.shape[1] - len(target) - 1
+    expected = sum(log_probs[first + i, t].item() for i, t in enumerate(target))
+    assert guard.log_probs(source, [source])[0] == pytest.approx(expected, abs=1e-4)
+    with pytest.raises(UserError, match="cannot be scored"):
+        guard.log_probs("Court.", ["mot " * 200])
 
 
 def test_edit_pieces_round_trip():
@@ -94,8 +113,13 @@ def test_tuning_picks_the_best_setting_within_the_harm_budget(tokenizer, monkeyp
     guard = make_guard(tokenizer)
     # Both edits use known words and change one character, so only the model's confidence
     # can separate them: good fixes gain 3 nats, the harmful edit 0.5.
-    monkeypatch.setattr(Guard, "log_probs", lambda self, s, responses: [
-        3.0 if "enfants" in r else 0.5 if "vienne." in r else 0.0 for r in responses])
+    calls = []
+
+    def log_probs(self, source, responses):
+        calls.append(len(responses))
+        return [3.0 if "enfants" in r else 0.5 if "vienne." in r else 0.0 for r in responses]
+
+    monkeypatch.setattr(Guard, "log_probs", log_probs)
     good = {"input": "Les enfant sont là.", "output": "Les enfants sont là.",
             "raw_response": "Les enfants sont là.", "error_types": ["agreement"]}
     harmful = {"input": "Il faut que tu viennes.", "output": "Il faut que tu viennes.",
@@ -103,6 +127,7 @@ def test_tuning_picks_the_best_setting_within_the_harm_budget(tokenizer, monkeyp
     entries = [good] * 8 + [harmful] * 2
     config, grid = tune_guard(guard, entries)
     assert len(grid) == 7 * 8 * 2 * 2  # ratios x margins x lexicon on/off x per edit or whole
+    assert calls == [2] * len(entries)  # one batch per entry, each text once: the source and the edit
     assert 0.5 < config.min_margin <= 3.0  # rejects the harmful edits, keeps the fixes
     best = next(r for r in grid if (r["max_edit_ratio"], r["min_margin"], r["lexicon"], r["per_edit"])
                 == (config.max_edit_ratio, config.min_margin, config.lexicon, config.per_edit))

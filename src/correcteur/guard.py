@@ -30,6 +30,7 @@ from tqdm import tqdm
 
 from correcteur.correct import diff_words
 from correcteur.data import correction_prompt
+from correcteur.errors import UserError
 from correcteur.files import write_json
 from correcteur.metrics import levenshtein, score_entries
 
@@ -45,13 +46,13 @@ class GuardConfig:
     per_edit: bool = False  # the margin judges each changed stretch alone, not the whole answer
 
 
-Piece = tuple[str, str] | tuple[str, str, str]  # ("equal", text) or ("edit", removed, inserted)
+DiffPiece = tuple[str, str] | tuple[str, str, str]  # ("equal", text) or ("edit", removed, inserted)
 
 
-def edit_pieces(source: str, candidate: str) -> list[Piece]:
+def edit_pieces(source: str, candidate: str) -> list[DiffPiece]:
     """`diff_words` as equal runs and edits (a removed text and the text replacing it, either
     of which may be empty)."""
-    pieces: list[Piece] = []
+    pieces: list[DiffPiece] = []
     for tag, text in diff_words(source, candidate):
         if tag == "equal":
             pieces.append(("equal", text))
@@ -62,7 +63,7 @@ def edit_pieces(source: str, candidate: str) -> list[Piece]:
     return pieces
 
 
-def apply_edits(pieces: list[Piece], accepted: set[int]) -> str:
+def apply_edits(pieces: list[DiffPiece], accepted: set[int]) -> str:
     """The source with the edits numbered in `accepted` (0, 1, ... in order) applied."""
     text, number = [], 0
     for piece in pieces:
@@ -74,7 +75,7 @@ def apply_edits(pieces: list[Piece], accepted: set[int]) -> str:
     return "".join(text)
 
 
-def edit_count(pieces: list[Piece]) -> int:
+def edit_count(pieces: list[DiffPiece]) -> int:
     return sum(piece[0] == "edit" for piece in pieces)
 
 
@@ -98,53 +99,34 @@ class Guard:
 
     def decide(self, source: str, candidate: str) -> tuple[str, str]:
         """The text to keep and why: unchanged, empty, edit budget, lexicon, margin or accepted."""
-        if candidate == source:
-            return source, "unchanged"
-        if not candidate.strip():
-            return source, "empty"
-        if levenshtein(source, candidate) > max(1.0, self.config.max_edit_ratio * len(source)):
-            return source, "edit budget"
-        pieces = edit_pieces(source, candidate)
-        kept = self.known_edits(source, pieces) if self.config.lexicon else set(range(edit_count(pieces)))
-        if not kept:
-            return source, "lexicon"
-        if self.config.per_edit:
-            margins = self.edit_margins(source, pieces, sorted(kept))
-            kept = {number for number, margin in margins.items() if margin >= self.config.min_margin}
-            if not kept:
-                return source, "margin"
-            return apply_edits(pieces, kept), "accepted"
-        candidate = apply_edits(pieces, kept)
-        if self.margin(source, candidate) < self.config.min_margin:
-            return source, "margin"
-        return candidate, "accepted"
+        answer = Answer(self, source, candidate)
+        kept, reason = judge(self.config, answer)
+        return answer.text(kept), reason
 
     def is_known(self, word: str, source_words: set[str]) -> bool:
         return (len(word) == 1 or word.isdigit() or word in source_words
                 or word.lower() in self.lexicon)
 
-    def known_edits(self, source: str, pieces: list[Piece]) -> set[int]:
+    def known_edits(self, source: str, pieces: list[DiffPiece]) -> set[int]:
         """The edits that bring in only known words (a pure deletion brings in nothing)."""
         source_words = set(WORD.findall(source))
         edits = [piece for piece in pieces if piece[0] == "edit"]
         return {number for number, (_, _, inserted) in enumerate(edits)
                 if all(self.is_known(word, source_words) for word in WORD.findall(inserted))}
 
-    def known_words_only(self, source: str, candidate: str) -> str:
-        """The candidate with every changed stretch that introduces an unknown word put back
-        to the source's words."""
-        pieces = edit_pieces(source, candidate)
-        return apply_edits(pieces, self.known_edits(source, pieces))
-
     @torch.no_grad()
     def log_probs(self, source: str, responses: list[str]) -> list[float]:
         """log p(response, end-of-text | prompt for `source`) under the model, for each response
-        (one batch: right padding cannot change the scores of the tokens before it)."""
+        (one batch: right padding cannot change the scores of the tokens before it). When the
+        longest row overflows the context, the prompt loses its first tokens in every row."""
         prompt = self.tokenizer.encode(correction_prompt(source, self.prompt_style, self.input_prefix),
                                        allowed_special=set())
         answers = [self.tokenizer.encode(r, allowed_special=set()) + [self.tokenizer.eot_token] for r in responses]
         width = len(prompt) + max(map(len, answers))
-        cut = max(0, width - self.model.context_length)  # drop the prompt's start, alike in every row
+        cut = max(0, width - self.model.context_length)
+        if cut >= len(prompt):
+            raise UserError(f"an answer of {max(map(len, answers))} tokens cannot be scored in a context of "
+                            f"{self.model.context_length} tokens (it must hold part of the prompt too)")
         rows = [prompt[cut:] + answer + [self.tokenizer.eot_token] * (width - len(prompt) - len(answer))
                 for answer in answers]
         ids = torch.tensor(rows, device=next(self.model.parameters()).device)
@@ -156,17 +138,53 @@ class Guard:
         token_log_probs = torch.log_softmax(logits, dim=-1).gather(1, ids[:, 1:][scored][:, None])[:, 0]
         return [part.sum().item() for part in token_log_probs.split([len(a) for a in answers])]
 
-    def log_prob(self, source: str, response: str) -> float:
-        return self.log_probs(source, [response])[0]
 
-    def margin(self, source: str, candidate: str) -> float:
-        unchanged, corrected = self.log_probs(source, [source, candidate])
-        return corrected - unchanged
+class Answer:
+    """One answer to one source: its edits, which of them bring in only known words, and the
+    model's scores of any texts made of them, each scored once (in batches, when asked)."""
 
-    def edit_margins(self, source: str, pieces: list[Piece], numbers: list[int]) -> dict[int, float]:
-        """For each edit numbered in `numbers`: log p(source with that edit alone) - log p(source)."""
-        unchanged, *alone = self.log_probs(source, [source] + [apply_edits(pieces, {n}) for n in numbers])
-        return {number: score - unchanged for number, score in zip(numbers, alone, strict=True)}
+    def __init__(self, guard: Guard, source: str, candidate: str):
+        self.guard, self.source, self.candidate = guard, source, candidate
+        self.pieces = edit_pieces(source, candidate)
+        self.every = set(range(edit_count(self.pieces)))
+        self.known = guard.known_edits(source, self.pieces) if guard.lexicon else self.every
+        self.distance = levenshtein(source, candidate)
+        self._scores: dict[str, float] = {}
+
+    def text(self, edits: set[int]) -> str:
+        return apply_edits(self.pieces, edits)
+
+    def score(self, texts: list[str]) -> None:
+        """Score the texts not scored yet (and the source), in one batch."""
+        todo = [t for t in dict.fromkeys([self.source, *texts]) if t not in self._scores]
+        if todo:
+            self._scores.update(zip(todo, self.guard.log_probs(self.source, todo), strict=True))
+
+    def margin(self, edits: set[int]) -> float:
+        """log p(source with `edits` applied) - log p(source), in nats."""
+        text = self.text(edits)
+        self.score([text])
+        return self._scores[text] - self._scores[self.source]
+
+
+def judge(config: GuardConfig, answer: Answer) -> tuple[set[int], str]:
+    """The edits `config` keeps of `answer`, and why: the one decision `Guard.decide` makes
+    and `tune_guard` replays for every setting of its grid."""
+    if not answer.every:
+        return set(), "unchanged"
+    if not answer.candidate.strip():
+        return set(), "empty"
+    if answer.distance > max(1.0, config.max_edit_ratio * len(answer.source)):
+        return set(), "edit budget"
+    kept = answer.known if config.lexicon else answer.every
+    if not kept:
+        return set(), "lexicon"
+    if config.per_edit:
+        answer.score([answer.text({n}) for n in kept])
+        kept = {n for n in kept if answer.margin({n}) >= config.min_margin}
+    elif answer.margin(kept) < config.min_margin:
+        kept = set()
+    return kept, "accepted" if kept else "margin"
 
 
 def save_guard_config(config: GuardConfig, folder: str | Path, tuning: dict | None = None) -> Path:
@@ -189,26 +207,24 @@ def tune_guard(guard: Guard, entries: list[dict], max_harm: float = 0.05, min_cl
     preservation meet the targets, on entries that carry `raw_response` (validation split).
 
     The model scores each entry once (one batch: the input, the answer with and without the
-    lexicon step, and each edit alone), so the grid's size costs no model time. When no
+    lexicon step, and each edit alone), so the grid's size costs no model time. A guard tuned
+    without a lexicon (`lexicon=False` and none given) treats every word as known. When no
     setting meets the targets, the one with the lowest harm rate wins."""
-    facts = [_guard_facts(guard, entry["input"].removeprefix(prefix), entry["raw_response"], max(ratios))
-             for entry in tqdm(entries, desc="tuning the guard", unit="entry", disable=None)]
+    answers = []
+    for entry in tqdm(entries, desc="tuning the guard", unit="entry", disable=None):
+        answer = Answer(guard, entry["input"].removeprefix(prefix), entry["raw_response"])
+        if answer.candidate.strip() and answer.distance <= max(1.0, max(ratios) * len(answer.source)):
+            answer.score([answer.text(answer.every), answer.text(answer.known),
+                          *(answer.text({n}) for n in answer.every)])  # all the grid will ask, one batch
+        answers.append(answer)
 
     results = []
     for ratio, margin, use_lexicon, per_edit in itertools.product(ratios, margins, (False, True), (False, True)):
-        answered = []
-        for entry, fact in zip(entries, facts, strict=True):
-            answer = fact["source"]
-            if fact["distance"] <= max(1.0, ratio * len(answer)):
-                kept = fact["known"] if use_lexicon else fact["all"]
-                if per_edit:
-                    kept = {n for n in kept if fact["edit_margins"][n] >= margin}
-                elif fact["whole_margin"][use_lexicon] < margin:
-                    kept = set()
-                answer = apply_edits(fact["pieces"], kept)
-            answered.append({**entry, "model_response": answer})
+        config = GuardConfig(ratio, margin, use_lexicon, per_edit)
+        answered = [{**entry, "model_response": answer.text(judge(config, answer)[0])}
+                    for entry, answer in zip(entries, answers, strict=True)]
         scores = score_entries(answered, prefix=prefix)
-        results.append({"max_edit_ratio": ratio, "min_margin": margin, "lexicon": use_lexicon, "per_edit": per_edit,
+        results.append({**dataclasses.asdict(config),
                         **{k: scores[k] for k in ("error_reduction", "harm_rate", "clean_preserved", "exact_match")}})
 
     def meets(r: dict) -> bool:
@@ -217,24 +233,7 @@ def tune_guard(guard: Guard, entries: list[dict], max_harm: float = 0.05, min_cl
     eligible = [r for r in results if meets(r)]
     best = (max(eligible, key=lambda r: r["error_reduction"] or 0.0) if eligible
             else min(results, key=lambda r: r["harm_rate"] or 0.0))
-    return GuardConfig(best["max_edit_ratio"], best["min_margin"], best["lexicon"], best["per_edit"]), results
-
-
-def _guard_facts(guard: Guard, source: str, raw: str, widest_ratio: float) -> dict:
-    """What every guard setting needs to know of one answer, with the model's scores."""
-    pieces = edit_pieces(source, raw)
-    every = set(range(edit_count(pieces)))
-    facts = {"source": source, "pieces": pieces, "all": every, "distance": levenshtein(source, raw),
-             "known": guard.known_edits(source, pieces) if guard.lexicon else every,
-             "whole_margin": {False: 0.0, True: 0.0}, "edit_margins": {}}
-    if not raw.strip() or not every or facts["distance"] > max(1.0, widest_ratio * len(source)):
-        facts["all"] = facts["known"] = set()  # never accepted, whatever the setting: no scoring
-        return facts
-    wholes = [apply_edits(pieces, facts["all"]), apply_edits(pieces, facts["known"])]
-    unchanged, *scores = guard.log_probs(source, [source, *wholes, *(apply_edits(pieces, {n}) for n in sorted(every))])
-    facts["whole_margin"] = {False: scores[0] - unchanged, True: scores[1] - unchanged}
-    facts["edit_margins"] = {n: score - unchanged for n, score in zip(sorted(every), scores[2:], strict=True)}
-    return facts
+    return GuardConfig(**{k: best[k] for k in ("max_edit_ratio", "min_margin", "lexicon", "per_edit")}), results
 
 
 def checkpoint_folder(checkpoint: str | Path) -> Path:
