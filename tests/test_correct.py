@@ -202,13 +202,15 @@ def context_for(corrector: Corrector, longest: str) -> int:
 
 def test_a_sentence_too_long_for_the_context_is_cut_after_its_commas():
     clauses = ["Hier soir, ", "les enfant sont rentrer tard; ", "leurs parent les attendait: ", "rien de grave."]
-    fixes = {c.strip(): c.strip().upper() for c in clauses}
+    fixes = {c.strip(): c.strip().upper() for c in clauses} | {"Court.": "COURT."}
     corrector = scripted(fixes)
     corrector.model.cfg["context_length"] = context_for(corrector, clauses[1].strip())
     text = "".join(clauses) + "\n"
     assert corrector.correct(text) == "".join(c.strip().upper() + c[len(c.strip()):] for c in clauses) + "\n"
     # The short first clause shares its piece with nothing: joined to the next, it would not fit.
     assert [s for batch in corrector.model.batches for s in batch] == [c.strip() for c in clauses]
+    # Evaluation passes whole sentences to correct_batch: it cuts them the same way.
+    assert corrector.correct_batch([text.strip(), "Court."]) == [corrector.correct(text).strip(), "COURT."]
 
 
 def test_a_clause_too_long_is_cut_between_words_and_a_giant_word_is_refused():

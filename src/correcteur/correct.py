@@ -152,15 +152,20 @@ class Corrector:
 
     def correct(self, text: str, progress: bool = False) -> str:
         """Correct text of any length; spaces, blank lines and line endings come back as they were."""
-        pairs = [part for piece, separator in split_sentences(text) for part in self._fit(piece, separator)]
+        pairs = split_sentences(text)
         corrected = self.correct_batch([piece for piece, _ in pairs], progress=progress)
         return "".join(piece + separator for piece, (_, separator) in zip(corrected, pairs, strict=True))
 
     def correct_batch(self, texts: list[str], progress: bool = False) -> list[str]:
-        """One corrected string per text, in order; blank texts come back untouched.
+        """One corrected string per text (a sentence, usually), in order; blank texts come back
+        untouched, and a text too long for the context is corrected in parts (`_fit`)."""
+        parts = [self._fit(text, "") for text in texts]
+        corrected = iter(self._correct_pieces([part for pairs in parts for part, _ in pairs], progress))
+        return ["".join(next(corrected) + gap for _, gap in pairs) for pairs in parts]
 
-        Every text is checked against the context before any is generated, so a too-long
-        sentence fails at once instead of after minutes of work."""
+    def _correct_pieces(self, texts: list[str], progress: bool) -> list[str]:
+        """Every text is checked against the context before any is generated, so a text that
+        cannot fit fails at once instead of after minutes of work."""
         todo = [i for i, text in enumerate(texts) if text.strip()]
         pieces = [self._encode(texts[i]) for i in todo]
         results = list(texts)
@@ -210,10 +215,10 @@ class Corrector:
         context = self.model.context_length
         if len(prompt_ids) + max_new_tokens > context:
             raise UserError(
-                f"a sentence of {n_input} tokens is too long for {self.name}, whose context of "
-                f"{context} tokens must hold the prompt ({len(prompt_ids)} tokens) and up to "
-                f"{max_new_tokens} new ones: split it into shorter sentences "
-                f"(it starts with {text[:60]!r})"
+                f"a word of {n_input} tokens, {text[:60]!r}..., is too long for {self.name}, whose "
+                f"context of {context} tokens must hold the prompt ({len(prompt_ids)} tokens) and "
+                f"up to {max_new_tokens} new ones; longer sentences are cut at commas and spaces, "
+                f"a single word cannot be: break it up"
             )
         return Piece(text, prompt, prompt_ids, max_new_tokens)
 
