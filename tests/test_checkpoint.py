@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+from pathlib import Path
 
 import pytest
 import torch
@@ -235,6 +236,7 @@ def test_lora_adapters_alone_rebuild_the_fine_tuned_model(tmp_path, tokenizer):
     best, _, _ = load_for_inference(run_dir / "best.pt")
     rebuilt, _, meta = load_for_inference(run_dir / "adapters.pt")
     assert meta["kind"] == "adapters" and meta["lora"]["rank"] == 4
+    assert meta["base_model"]["models_dir"] == str(Path(config.models_dir).resolve())  # where its base lives
     idx = torch.tensor([tokenizer.encode("Il a manger une pomme.")])
     with torch.no_grad():
         torch.testing.assert_close(rebuilt(idx), best(idx), rtol=0, atol=1e-5)

@@ -132,7 +132,8 @@ def adapters_state(model, meta: dict, state, config) -> dict:
     return {"format_version": FORMAT_VERSION, "kind": "adapters",
             "adapters": {k: v.detach().cpu() for k, v in lora_state_dict(model).items()},
             "lora": {"rank": config.lora_rank, "alpha": config.lora_alpha, "seed": config.seed},
-            "base_model": {"name": config.model, "allow_scratch": config.allow_scratch, "seed": config.seed},
+            "base_model": {"name": config.model, "allow_scratch": config.allow_scratch, "seed": config.seed,
+                           "models_dir": str(Path(config.models_dir).resolve())},
             "step": state.step, "val_loss": state.best_val_loss, **meta}
 
 
@@ -142,7 +143,9 @@ def _base_with_adapters(payload: dict) -> torch.nn.Module:
     from correcteur.weights import load_base_model
 
     base = payload["base_model"]
-    model, _, _ = load_base_model(base["name"], allow_scratch=base["allow_scratch"], seed=base["seed"])
+    models_dir = base.get("models_dir")  # adapters.pt files written before it was recorded lack it
+    model, _, _ = load_base_model(base["name"], **({"models_dir": models_dir} if models_dir else {}),
+                                  allow_scratch=base["allow_scratch"], seed=base["seed"])
     apply_lora(model, rank=payload["lora"]["rank"], alpha=payload["lora"]["alpha"], seed=payload["lora"]["seed"])
     load_lora_state_dict(model, payload["adapters"])
     return merge_lora(model)
