@@ -155,6 +155,8 @@ def test_loss_on_response_logits_only_equals_the_course_loss(family):
     assert torch.allclose(grads[0], grads[1], atol=1e-6)
     chosen = tiny(family)(inputs, logits_at=targets != -100)
     assert chosen.shape == ((targets != -100).sum().item(), 61)
+    with pytest.raises(ValueError, match="not both"):
+        tiny(family)(inputs, only_last=True, logits_at=targets != -100)
 
     class CourseModel(nn.Module):  # a learner's own model: forward(idx) only
         def __init__(self):

