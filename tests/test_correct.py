@@ -153,6 +153,15 @@ def test_correct_batch_cuts_each_row_at_its_own_budget():
         [bound(short), bound(long)], abs=2)  # extract_response may strip a trailing space
 
 
+def test_any_special_token_ends_an_answer():
+    class ChatTokenizer(ByteTokenizer):
+        special_ids = frozenset({EOT, 0})  # byte 0 plays a chat model's <|im_end|>
+
+    corrector = Corrector(ScriptedModel({"Il a manger.": "Il a mangé.\x00<|im_start|>assistant"}), ChatTokenizer(),
+                          device="cpu", name="chat")
+    assert corrector.correct_batch(["Il a manger."]) == ["Il a mangé."]
+
+
 def test_correct_batch_with_a_random_gpt_model_respects_the_bound():
     torch.manual_seed(0)
     cfg = {"vocab_size": 257, "context_length": 512, "emb_dim": 32, "n_layers": 2, "n_heads": 2,

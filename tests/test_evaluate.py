@@ -25,9 +25,12 @@ class ScriptedCorrector:
     def __init__(self, answers: dict[str, str], guard=None):
         self.answers, self.guard, self.asked = answers, guard, []
 
-    def correct_batch(self, texts):
+    def answer_parts(self, texts):
+        """A text with a ' | ' in it stands for one too long for the context: answered in parts."""
         self.asked += texts
-        return [self.answers.get(t, t) for t in texts]
+        return [[(part, self.answers.get(part, part), gap)
+                 for part, gap in zip(t.split(" | "), [" "] * t.count(" | ") + [""], strict=True)]
+                for t in texts]
 
 
 def test_respond_keeps_raw_and_guarded_answers_and_resumes(tmp_path):
@@ -39,7 +42,6 @@ def test_respond_keeps_raw_and_guarded_answers_and_resumes(tmp_path):
     assert [e["raw_response"] for e in answered] == ["Il a mangé.", "On va a Paris.", "C'est une idée."]
     assert [e["model_response"] for e in answered] == ["Il a mangé.", "On va à Paris.", "C'est une idée."]
     assert sorted(corrector.asked) == sorted(["Il a manger.", "On va à Paris.", "Ces une idée."])  # prefix stripped
-    assert corrector.guard is refuse_accent_loss  # put back after answering unguarded
     assert json.loads(out.read_text(encoding="utf-8")) == answered
 
     again = ScriptedCorrector(answers, guard=refuse_accent_loss)
@@ -49,6 +51,14 @@ def test_respond_keeps_raw_and_guarded_answers_and_resumes(tmp_path):
     unguarded = ScriptedCorrector(answers)
     assert [e["model_response"] for e in respond(unguarded, ENTRIES, out, "grammaire: ", progress=False)] == \
         ["Il a mangé.", "On va a Paris.", "C'est une idée."]  # the guard of the run applies, not a stored one
+
+    long = {"instruction": "Corrigez le texte suivant.", "input": "Il a manger. | On va à Paris.",
+            "output": "Il a mangé. On va à Paris.", "error_types": ["er_e"]}
+    parted = ScriptedCorrector(answers, guard=refuse_accent_loss)
+    (answer,) = respond(parted, [long], progress=False)
+    assert answer["raw_response"] == "Il a mangé. On va a Paris."
+    assert answer["raw_parts"] == [["Il a manger.", "Il a mangé.", " "], ["On va à Paris.", "On va a Paris.", ""]]
+    assert answer["model_response"] == "Il a mangé. On va à Paris."  # guarded part by part
 
     retrained = ScriptedCorrector(answers)
     retrained.meta = {"step": 500, "val_loss": 0.2}

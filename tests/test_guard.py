@@ -124,14 +124,23 @@ def test_tuning_picks_the_best_setting_within_the_harm_budget(tokenizer, monkeyp
             "raw_response": "Les enfants sont là.", "error_types": ["agreement"]}
     harmful = {"input": "Il faut que tu viennes.", "output": "Il faut que tu viennes.",
                "raw_response": "Il faut que tu vienne.", "error_types": []}
-    entries = [good] * 8 + [harmful] * 2
+    clean = {"input": "Il pleut.", "output": "Il pleut.", "raw_response": "Il pleut.", "error_types": []}
+    # A sentence answered in two parts (too long for the context) is judged part by part.
+    long = {"input": "Les enfant sont là, il faut que tu viennes.", "output": "Les enfants sont là, il faut que tu viennes.",
+            "raw_response": "Les enfants sont là, il faut que tu vienne.", "error_types": ["agreement"],
+            "raw_parts": [["Les enfant sont là,", "Les enfants sont là,", " "],
+                          ["il faut que tu viennes.", "il faut que tu vienne.", ""]]}
+    entries = [good] * 8 + [harmful] * 2 + [clean, long]
     config, grid = tune_guard(guard, entries)
     assert len(grid) == 7 * 8 * 2 * 2  # ratios x margins x lexicon on/off x per edit or whole
-    assert calls == [2] * len(entries)  # one batch per entry, each text once: the source and the edit
+    # One batch per changed answer, each text once (the source and the edit); none for the
+    # unchanged answer; one for each part of the long one.
+    assert calls == [2] * (len(entries) - 2) + [2, 2]
     assert 0.5 < config.min_margin <= 3.0  # rejects the harmful edits, keeps the fixes
     best = next(r for r in grid if (r["max_edit_ratio"], r["min_margin"], r["lexicon"], r["per_edit"])
                 == (config.max_edit_ratio, config.min_margin, config.lexicon, config.per_edit))
     assert best["harm_rate"] == 0 and best["error_reduction"] == 1.0 and best["clean_preserved"] == 1.0
+    # Whole, the long answer would score 3.0 and pass; by part, its harmful half is refused.
 
 
 def test_config_round_trip_next_to_a_checkpoint(tmp_path, tokenizer):

@@ -239,6 +239,7 @@ def test_tokenizer_ids_match_the_reference(trained_tokenizer_gguf):
         assert ours.encode(text) == ref.encode(text).ids, text
         assert ours.decode(ours.encode(text)) == text
     assert (ours.eot_token, ours.n_vocab, ours.name) == (2, ref.get_vocab_size(), "tiny")
+    assert ours.special_ids == {ref.token_to_id(t) for t in ("<|endoftext|>", "<|im_start|>", "<|im_end|>")}
     assert ours.encode("fin<|im_end|>", allowed_special="all")[-1] == 2
     with pytest.raises(ValueError):  # like tiktoken: special tokens in user text are refused
         ours.encode("fin<|im_end|>")

@@ -26,6 +26,7 @@ from correcteur.generate import generate, left_pad
 from correcteur.model import pick_device
 
 GuardFn = Callable[[str, str], str]
+Part = tuple[str, str, str]  # a piece of a text, the model's answer to it, the gap that follows it
 
 # A period after these words (or after a single capital, as in "J. Dupont") does not end a sentence.
 ABBREVIATIONS = {
@@ -158,12 +159,17 @@ class Corrector:
 
     def correct_batch(self, texts: list[str], progress: bool = False) -> list[str]:
         """One corrected string per text (a sentence, usually), in order; blank texts come back
-        untouched, and a text too long for the context is corrected in parts (`_fit`)."""
-        parts = [self._fit(text, "") for text in texts]
-        corrected = iter(self._correct_pieces([part for pairs in parts for part, _ in pairs], progress))
-        return ["".join(next(corrected) + gap for _, gap in pairs) for pairs in parts]
+        untouched, and a text too long for the context is corrected, and guarded, in parts."""
+        return [join_parts(parts, self.guard) for parts in self.answer_parts(texts, progress)]
 
-    def _correct_pieces(self, texts: list[str], progress: bool) -> list[str]:
+    def answer_parts(self, texts: list[str], progress: bool = False) -> list[list[Part]]:
+        """The model's unguarded answers: for each text, (part, answer, gap after it) for each
+        part the context can hold, one part unless the text had to be cut (`_fit`)."""
+        cuts = [self._fit(text, "") for text in texts]
+        answers = iter(self._answer_pieces([part for pairs in cuts for part, _ in pairs], progress))
+        return [[(part, next(answers), gap) for part, gap in pairs] for pairs in cuts]
+
+    def _answer_pieces(self, texts: list[str], progress: bool) -> list[str]:
         """Every text is checked against the context before any is generated, so a text that
         cannot fit fails at once instead of after minutes of work."""
         todo = [i for i, text in enumerate(texts) if text.strip()]
@@ -173,8 +179,8 @@ class Corrector:
         # disable=None lets tqdm hide the bar when stderr is not a terminal
         for start in tqdm(batches, desc="correcting", unit="batch", disable=None if progress else True):
             batch, indices = pieces[start:start + self.batch_size], todo[start:start + self.batch_size]
-            for index, piece, answer in zip(indices, batch, self._generate(batch), strict=True):
-                results[index] = self.guard(piece.source, answer) if self.guard else answer
+            for index, answer in zip(indices, self._generate(batch), strict=True):
+                results[index] = answer
         return results
 
     def _fit(self, piece: str, separator: str,
@@ -232,14 +238,22 @@ class Corrector:
         out = generate(self.model, ids, max_new_tokens=max_new_tokens,
                        context_size=self.model.context_length, eos_id=eot, attention_mask=mask,
                        use_cache=self.use_cache)
+        # A chat model may end with another of its special tokens (<|im_end|>): any one stops a row.
+        stops = getattr(self.tokenizer, "special_ids", {eot})
         answers = []
         for piece, row in zip(pieces, out[:, width:].tolist(), strict=True):
             row = row[:piece.max_new_tokens]
-            if eot in row:
-                row = row[:row.index(eot)]
+            row = row[:next((k for k, token in enumerate(row) if token in stops), len(row))]
             generated = piece.prompt + self.tokenizer.decode(row)
             answers.append(extract_response(generated, self.prompt_style))
         return answers
+
+
+def join_parts(parts: list[Part], guard: GuardFn | None = None) -> str:
+    """A whole text's answer from its parts' answers, each guarded on its own when a guard is
+    given (the model answered, and scores, each part in a context of its own)."""
+    return "".join((guard(part, answer) if guard and part.strip() else answer) + gap
+                   for part, answer, gap in parts)
 
 
 def read_stdin() -> str:

@@ -18,9 +18,10 @@ from pathlib import Path
 from tqdm import tqdm
 
 from correcteur.baselines import copy_baseline, grammalecte_checker, grammalecte_correct
+from correcteur.correct import join_parts
 from correcteur.errors import UserError
 from correcteur.files import load_entries, write_json
-from correcteur.guard import GUARD_FILE, checkpoint_folder
+from correcteur.guard import GUARD_FILE, checkpoint_folder, response_parts
 from correcteur.metrics import DEFAULT_PREFIX, format_table, plot_error_types, score_entries
 
 
@@ -53,35 +54,33 @@ def responder_id(corrector) -> str:
 def respond(corrector, entries: list[dict], out_path: str | Path | None = None, prefix: str = "",
             batch_size: int = 16, progress: bool = True) -> list[dict]:
     """Each entry with `raw_response` (the model's own answer) and `model_response` (that
-    answer after the corrector's guard, when it has one).
+    answer after the corrector's guard, when it has one); a sentence the model answered in
+    parts, being too long for its context, keeps them in `raw_parts`, and is guarded by part.
 
     Entries are answered in batches of similar length (less padding); after each batch the
     file at `out_path` is rewritten, and a re-run keeps the raw answers it holds from the
     same checkpoint (`responder`). The guard is applied afresh, so retuned thresholds count."""
     who = responder_id(corrector)
-    results = [{k: v for k, v in e.items() if k not in ("raw_response", "model_response")} for e in entries]
+    raw_keys = ("raw_response", "raw_parts", "responder")
+    results = [{k: v for k, v in e.items() if k not in (*raw_keys, "model_response")} for e in entries]
     if out_path is not None and Path(out_path).exists():
-        done = {(e["input"], e.get("output")): e["raw_response"]
+        done = {(e["input"], e.get("output")): {k: e[k] for k in raw_keys if k in e}
                 for e in load_entries(out_path) if e.get("responder") == who and "raw_response" in e}
         for entry in results:
-            if (entry["input"], entry.get("output")) in done:
-                entry.update(raw_response=done[entry["input"], entry.get("output")], responder=who)
+            entry.update(done.get((entry["input"], entry.get("output")), {}))
     todo = sorted((i for i, e in enumerate(results) if "raw_response" not in e),
                   key=lambda i: len(results[i]["input"]))
-    guard, corrector.guard = corrector.guard, None  # answer unguarded, then guard each answer
-    try:
-        for start in tqdm(range(0, len(todo), batch_size), desc="responding", unit="batch", disable=not progress):
-            rows = todo[start:start + batch_size]
-            sources = [results[i]["input"].removeprefix(prefix) for i in rows]
-            for i, answer in zip(rows, corrector.correct_batch(sources), strict=True):
-                results[i].update(raw_response=answer, responder=who)
-            if out_path is not None:
-                write_json(out_path, results)
-    finally:
-        corrector.guard = guard
+    for start in tqdm(range(0, len(todo), batch_size), desc="responding", unit="batch", disable=not progress):
+        rows = todo[start:start + batch_size]
+        sources = [results[i]["input"].removeprefix(prefix) for i in rows]
+        for i, parts in zip(rows, corrector.answer_parts(sources), strict=True):
+            results[i].update(raw_response=join_parts(parts), responder=who,
+                              **({"raw_parts": [list(part) for part in parts]} if len(parts) > 1 else {}))
+        if out_path is not None:
+            write_json(out_path, results)
+    guard = corrector.guard
     for entry in tqdm(results, desc="guarding", unit="entry", disable=not progress or guard is None):
-        source = entry["input"].removeprefix(prefix)
-        entry["model_response"] = guard(source, entry["raw_response"]) if guard else entry["raw_response"]
+        entry["model_response"] = join_parts(response_parts(entry, prefix), guard)
     if out_path is not None:
         write_json(out_path, results)
     return results

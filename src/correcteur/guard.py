@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from correcteur.correct import diff_words
+from correcteur.correct import Part, diff_words
 from correcteur.data import correction_prompt
 from correcteur.errors import UserError
 from correcteur.files import write_json
@@ -199,6 +199,14 @@ def load_guard_config(folder: str | Path) -> GuardConfig:
     return GuardConfig(**json.loads(path.read_text(encoding="utf-8"))["config"])
 
 
+def response_parts(entry: dict, prefix: str = "") -> list[Part]:
+    """The (part, raw answer, gap) pieces of an answered entry: the whole input, or the parts
+    a sentence too long for the context was answered in."""
+    if "raw_parts" in entry:
+        return [tuple(part) for part in entry["raw_parts"]]
+    return [(entry["input"].removeprefix(prefix), entry["raw_response"], "")]
+
+
 def tune_guard(guard: Guard, entries: list[dict], max_harm: float = 0.05, min_clean: float = 0.97,
                ratios: tuple[float, ...] = (0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0),
                margins: tuple[float, ...] = (-2.0, -1.0, 0.0, 0.5, 1.0, 2.0, 3.0, 4.0),
@@ -210,19 +218,22 @@ def tune_guard(guard: Guard, entries: list[dict], max_harm: float = 0.05, min_cl
     lexicon step, and each edit alone), so the grid's size costs no model time. A guard tuned
     without a lexicon (`lexicon=False` and none given) treats every word as known. When no
     setting meets the targets, the one with the lowest harm rate wins."""
-    answers = []
+    answers = []  # for each entry, (Answer, gap) for each part it was answered in
     for entry in tqdm(entries, desc="tuning the guard", unit="entry", disable=None):
-        answer = Answer(guard, entry["input"].removeprefix(prefix), entry["raw_response"])
-        if answer.candidate.strip() and answer.distance <= max(1.0, max(ratios) * len(answer.source)):
-            answer.score([answer.text(answer.every), answer.text(answer.known),
-                          *(answer.text({n}) for n in answer.every)])  # all the grid will ask, one batch
-        answers.append(answer)
+        parts = [(Answer(guard, source, raw), gap) for source, raw, gap in response_parts(entry, prefix)]
+        for answer, _ in parts:
+            if answer.every and answer.candidate.strip() and \
+                    answer.distance <= max(1.0, max(ratios) * len(answer.source)):
+                answer.score([answer.text(answer.every), answer.text(answer.known),
+                              *(answer.text({n}) for n in answer.every)])  # all the grid will ask, one batch
+        answers.append(parts)
 
     results = []
     for ratio, margin, use_lexicon, per_edit in itertools.product(ratios, margins, (False, True), (False, True)):
         config = GuardConfig(ratio, margin, use_lexicon, per_edit)
-        answered = [{**entry, "model_response": answer.text(judge(config, answer)[0])}
-                    for entry, answer in zip(entries, answers, strict=True)]
+        answered = [{**entry, "model_response": "".join(answer.text(judge(config, answer)[0]) + gap
+                                                        for answer, gap in parts)}
+                    for entry, parts in zip(entries, answers, strict=True)]
         scores = score_entries(answered, prefix=prefix)
         results.append({**dataclasses.asdict(config),
                         **{k: scores[k] for k in ("error_reduction", "harm_rate", "clean_preserved", "exact_match")}})

@@ -452,6 +452,7 @@ class LlamaTokenizer:
         self._unspellable = re.compile(f"[{unspellable}]") if unspellable else None
         self.nfc = nfc
         self.name, self.eot_token, self.n_vocab = name, eos_id, self._encoding.n_vocab
+        self.special_ids = frozenset(special.values()) | {eos_id}  # any of them ends an answer
 
     @classmethod
     def from_gguf(cls, path: str | Path, reader=None) -> LlamaTokenizer:
