@@ -18,6 +18,7 @@ from test_train import (  # noqa: F401 - single_thread is an autouse fixture
 )
 
 import correcteur.train as train_module
+from correcteur import checkpoint
 from correcteur.checkpoint import (
     export_half,
     inference_state,
@@ -241,6 +242,24 @@ def test_lora_adapters_alone_rebuild_the_fine_tuned_model(tmp_path, tokenizer):
     with torch.no_grad():
         torch.testing.assert_close(rebuilt(idx), best(idx), rtol=0, atol=1e-5)
     assert (run_dir / "adapters.pt").stat().st_size < 0.2 * (run_dir / "best.pt").stat().st_size
+
+
+def test_adapters_rebuild_their_base_from_the_recorded_folder_or_the_default(tmp_path, monkeypatch):
+    from correcteur import weights
+
+    asked = []
+
+    def load_base_model(name, models_dir="checkpoints", **kwargs):
+        asked.append(models_dir)
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(weights, "load_base_model", load_base_model)
+    payload = {"base_model": {"name": "smollm2-135m", "allow_scratch": False, "seed": 1, "models_dir": str(tmp_path)}}
+    for models_dir in (str(tmp_path), str(tmp_path / "moved-away")):
+        payload["base_model"]["models_dir"] = models_dir
+        with pytest.raises(RuntimeError, match="stop here"):
+            checkpoint._base_with_adapters(payload)
+    assert asked == [str(tmp_path), "checkpoints"]  # a folder that is gone falls back to the default
 
 
 def test_export_command_writes_a_half_checkpoint(tmp_path, capsys):

@@ -143,7 +143,8 @@ def _base_with_adapters(payload: dict) -> torch.nn.Module:
     from correcteur.weights import load_base_model
 
     base = payload["base_model"]
-    models_dir = base.get("models_dir")  # adapters.pt files written before it was recorded lack it
+    # Older adapters.pt files lack models_dir; on another machine it may not exist: the default then.
+    models_dir = base.get("models_dir") if Path(base.get("models_dir") or "").is_dir() else None
     model, _, _ = load_base_model(base["name"], **({"models_dir": models_dir} if models_dir else {}),
                                   allow_scratch=base["allow_scratch"], seed=base["seed"])
     apply_lora(model, rank=payload["lora"]["rank"], alpha=payload["lora"]["alpha"], seed=payload["lora"]["seed"])
