@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import platform
+import re
 import sys
 import time
 
@@ -72,8 +73,8 @@ def peak_tflops(device: torch.device, given: float | None) -> float | None:
     """The GPU's dense bf16 peak: `given`, else looked up by its name; None on a CPU or unknown GPU."""
     if given or device.type != "cuda":
         return given
-    name = torch.cuda.get_device_name(device)
-    return next((peak for key, peak in PEAK_BF16_TFLOPS.items() if key in name), None)
+    name = torch.cuda.get_device_name(device)  # e.g. "NVIDIA A10G": whole words only, not "A10"
+    return next((peak for key, peak in PEAK_BF16_TFLOPS.items() if re.search(rf"\b{key}\b", name)), None)
 
 
 def flops_per_token(n_params: int, layers: int, dim: int, length: int) -> float:
@@ -99,6 +100,8 @@ def main() -> None:
                         help="the device's dense bf16 peak for MFU (default: known GPUs by name)")
     parser.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md alone")
     args = parser.parse_args()
+    if args.steps < 1:
+        parser.error("--steps must be at least 1")
     if args.shape:
         cfg = gpt2_config(args.shape)
         args.layers, args.dim, args.heads = cfg["n_layers"], cfg["emb_dim"], cfg["n_heads"]
@@ -134,14 +137,16 @@ def main() -> None:
             times[name].append(time.perf_counter() - start)
             if device.type == "cuda":
                 peak_mb[name] = max(peak_mb[name], torch.cuda.max_memory_allocated(device) / 2**20)
-    tokens = [b[0].numel() for b in batches]
-    rate = {name: max(t / s for t, s in zip(tokens[1:], times[name][1:], strict=True)) for name in loops}
-
     n_params = sum(p.numel() for p in ours.parameters())
-    peak = peak_tflops(device, args.peak_tflops)
-    length = max(b[0].shape[1] for b in batches)
-    mfu = {name: rate[name] * flops_per_token(n_params, args.layers, args.dim, length) / (peak * 1e12)
-           for name in loops} if peak else None
+    peak = peak_tflops(device, args.peak_tflops) if args.bf16 else None  # the peaks are bf16 ones
+    rate, mfu = {}, {}
+    for name in loops:  # the fastest timed step, and its own batch's length for the attention FLOPs
+        fastest = min(range(1, len(batches)), key=lambda i: times[name][i] / batches[i][0].numel())
+        inputs = batches[fastest][0]
+        rate[name] = inputs.numel() / times[name][fastest]
+        if peak:
+            flops = flops_per_token(n_params, args.layers, args.dim, inputs.shape[1])
+            mfu[name] = rate[name] * flops / (peak * 1e12)
     where = (torch.cuda.get_device_name(device) if device.type == "cuda"
              else f"{torch.get_num_threads()} threads, {psutil.cpu_count()} CPU cores ({platform.machine()}), "
                   "shared with other jobs")
@@ -165,7 +170,8 @@ def main() -> None:
     ]
     if mfu:
         lines.append(f"MFU against a dense bf16 peak of {peak:.0f} TFLOP/s, "
-                     f"{flops_per_token(n_params, args.layers, args.dim, length) / 1e9:.2f} GFLOP per token.")
+                     f"6N + 12·layers·dim·length FLOPs per token ({6 * n_params / 1e9:.2f} GFLOP + attention), "
+                     "each loop's fastest step at its own batch length.")
     print("\n".join(lines))
     if not args.no_write:
         title = "Training throughput" + ("" if device.type == "cpu" and not args.bf16 else f" ({device.type}, {precision})")
