@@ -221,7 +221,7 @@ class Corrector:
         context = self.model.context_length
         if len(prompt_ids) + max_new_tokens > context:
             raise UserError(
-                f"a word of {n_input} tokens, {text[:60]!r}..., is too long for {self.name}, whose "
+                f"a word of {n_input} tokens, {text[:60]!r}{'...' if len(text) > 60 else ''}, is too long for {self.name}, whose "
                 f"context of {context} tokens must hold the prompt ({len(prompt_ids)} tokens) and "
                 f"up to {max_new_tokens} new ones; longer sentences are cut at commas and spaces, "
                 f"a single word cannot be: break it up"
