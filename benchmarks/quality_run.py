@@ -37,7 +37,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--prompt-style", default="short")
     parser.add_argument("--variants", type=int, default=4, help="corrupted inputs per training sentence")
-    parser.add_argument("--val-limit", type=int, default=300, help="validation entries used to tune the guard")
+    parser.add_argument("--val-limit", type=int, default=0, help="validation entries used to tune the guard (0: all)")
     parser.add_argument("--test-limit", type=int, default=400, help="test entries scored (0: all)")
     parser.add_argument("--eval-batch-size", type=int, default=32, help="sentences generated together")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
@@ -63,8 +63,10 @@ def main() -> None:
                          lora_alpha=2.0 * args.lora_rank, max_minutes=args.minutes, checkpoint_every=50)
     result = train(config, resume=args.resume)
 
-    guard = calibrate_guard(config.run_dir, data_dir / "val.json", limit=args.val_limit,
+    guard = calibrate_guard(config.run_dir, data_dir / "val.json", limit=args.val_limit or None,
                             batch_size=args.eval_batch_size)
+    tuning = json.loads((config.run_dir / "guard.json").read_text(encoding="utf-8"))["tuning"]
+    promised = next(r for r in tuning["grid"] if all(r[k] == v for k, v in vars(guard).items()))
     # The base model is left out here (it only rambles, and costs as much as the model);
     # notebook 04 and `correcteur evaluate` report it.
     report = evaluate(EvalConfig(checkpoint=str(config.run_dir), test=str(data_dir / "test.json"),
@@ -82,8 +84,13 @@ def main() -> None:
         f"({summary['tokens_per_s']:.0f} tokens/s), stopped by {summary['stop_reason']}; best validation loss "
         f"{summary['best_val_loss'] or float('nan'):.4f} at step {summary['best_step']}; "
         f"peak RAM {summary['peak_ram_mb']:.0f} MB.",
-        f"Guard tuned on {min(args.val_limit, manifest['counts']['val'])} validation entries: {guard}.",
-        f"Whole run (data, training, guard, evaluation): {hours:.2f} h.",
+        f"Guard tuned on {tuning['entries']} validation entries ({promised['n_clean']} of them already correct), "
+        f"the targets required one standard error inside their bounds: {guard}; on validation it gave "
+        f"error_reduction {promised['error_reduction']:.3f}, harm_rate {promised['harm_rate']:.3f}, "
+        f"clean_preserved {promised['clean_preserved']:.3f}.",
+        (f"Whole run (data, training, guard, evaluation): {hours:.2f} h." if not args.resume else
+         f"This resumed invocation (the rest of training, guard, evaluation; answers already written are "
+         f"reused): {hours:.2f} h."),
         "",
         f"Held-out test split, {report['n']} entries (targets: harm_rate ≤ 0.05, clean_preserved ≥ 0.97, "
         "error_reduction ≥ 0.30):",

@@ -14,6 +14,7 @@ from correcteur.guard import (
     load_guard_config,
     save_guard_config,
     tune_guard,
+    wilson_bounds,
 )
 from correcteur.model import GPTModel
 
@@ -131,7 +132,7 @@ def test_tuning_picks_the_best_setting_within_the_harm_budget(tokenizer, monkeyp
             "raw_parts": [["Les enfant sont là,", "Les enfants sont là,", " "],
                           ["il faut que tu viennes.", "il faut que tu vienne.", ""]]}
     entries = [good] * 8 + [harmful] * 2 + [clean, long]
-    config, grid = tune_guard(guard, entries)
+    config, grid = tune_guard(guard, entries, z=0.0)  # point estimates: 12 entries prove little
     assert len(grid) == 7 * 8 * 2 * 2  # ratios x margins x lexicon on/off x per edit or whole
     # One batch per changed answer, each text once (the source and the edit); none for the
     # unchanged answer; one for each part of the long one.
@@ -149,3 +150,28 @@ def test_config_round_trip_next_to_a_checkpoint(tmp_path, tokenizer):
     assert load_guard_config(tmp_path) == GuardConfig(0.2, 1.5, False)
     guard = guard_for_checkpoint(GPTModel(TINY), tokenizer, "short", tmp_path / "best.pt")
     assert guard.config == GuardConfig(0.2, 1.5, False)
+
+
+def test_wilson_bounds_match_the_textbook_values():
+    low, high = wilson_bounds(0.5, 100, 1.96)
+    assert (round(low, 4), round(high, 4)) == (0.4038, 0.5962)
+    assert wilson_bounds(1.0, 46, 1.0)[0] == pytest.approx(46 / 47)  # all kept: n / (n + z²)
+    assert wilson_bounds(0.0, 0, 1.0) == (0.0, 1.0)
+
+
+def test_tuning_wants_the_targets_met_with_a_standard_error_to_spare(tokenizer, monkeypatch):
+    """40 clean sentences: a setting that changes one of them (0.975 kept, just above 0.97)
+    wins on point estimates; with z=1 only the setting that changes none is safe enough."""
+    guard = make_guard(tokenizer)
+    monkeypatch.setattr(Guard, "log_probs", lambda self, source, responses:
+                        [2.5 if "vienne." in r else 3.5 if "enfants" in r else 0.0 for r in responses])
+    good = {"input": "Les enfant sont là.", "output": "Les enfants sont là.",
+            "raw_response": "Les enfants sont là.", "error_types": ["agreement"]}
+    clean = {"input": "Il pleut.", "output": "Il pleut.", "raw_response": "Il pleut.", "error_types": []}
+    spoiled = {"input": "Il faut que tu viennes.", "output": "Il faut que tu viennes.",
+               "raw_response": "Il faut que tu vienne.", "error_types": []}
+    entries = [good] * 100 + [clean] * 39 + [spoiled]
+    loose, _ = tune_guard(guard, entries, z=0.0, max_harm=0.2)
+    strict, grid = tune_guard(guard, entries, z=1.0, max_harm=0.2)
+    assert loose.min_margin < 2.5 <= strict.min_margin < 3.5  # strict refuses the spoiling edit
+    assert {r["n_clean"] for r in grid} == {40}

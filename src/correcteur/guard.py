@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -207,17 +208,31 @@ def response_parts(entry: dict, prefix: str = "") -> list[Part]:
     return [(entry["input"].removeprefix(prefix), entry["raw_response"], "")]
 
 
+def wilson_bounds(share: float, n: int, z: float) -> tuple[float, float]:
+    """The Wilson score interval of a proportion seen in `n` trials, `z` standard errors wide."""
+    if n == 0:
+        return 0.0, 1.0
+    center = share + z * z / (2 * n)
+    spread = z * math.sqrt(share * (1 - share) / n + z * z / (4 * n * n))
+    return (center - spread) / (1 + z * z / n), (center + spread) / (1 + z * z / n)
+
+
 def tune_guard(guard: Guard, entries: list[dict], max_harm: float = 0.05, min_clean: float = 0.97,
                ratios: tuple[float, ...] = (0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0),
                margins: tuple[float, ...] = (-2.0, -1.0, 0.0, 0.5, 1.0, 2.0, 3.0, 4.0),
-               prefix: str = "") -> tuple[GuardConfig, list[dict]]:
+               prefix: str = "", z: float = 1.0) -> tuple[GuardConfig, list[dict]]:
     """Pick the thresholds with the best error reduction whose harm rate and clean-text
     preservation meet the targets, on entries that carry `raw_response` (validation split).
+
+    The targets must hold `z` standard errors inside their bounds (Wilson intervals): out of
+    224 settings, the best-looking one on a few dozen clean sentences is flattered by chance,
+    and a guard tuned on point estimates kept 0.88 of the test split's clean sentences where
+    validation had promised 0.98 (benchmarks/RESULTS.md). `z=0` compares the point estimates.
 
     The model scores each entry once (one batch: the input, the answer with and without the
     lexicon step, and each edit alone), so the grid's size costs no model time. A guard tuned
     without a lexicon (`lexicon=False` and none given) treats every word as known. When no
-    setting meets the targets, the one with the lowest harm rate wins."""
+    setting meets the targets, the one with the lowest harm rate (then the best error reduction) wins."""
     answers = []  # for each entry, (Answer, gap) for each part it was answered in
     for entry in tqdm(entries, desc="tuning the guard", unit="entry", disable=None):
         parts = [(Answer(guard, source, raw), gap) for source, raw, gap in response_parts(entry, prefix)]
@@ -235,15 +250,17 @@ def tune_guard(guard: Guard, entries: list[dict], max_harm: float = 0.05, min_cl
                                                         for answer, gap in parts)}
                     for entry, parts in zip(entries, answers, strict=True)]
         scores = score_entries(answered, prefix=prefix)
-        results.append({**dataclasses.asdict(config),
-                        **{k: scores[k] for k in ("error_reduction", "harm_rate", "clean_preserved", "exact_match")}})
+        results.append({**dataclasses.asdict(config), **{k: scores[k] for k in (
+            "error_reduction", "harm_rate", "clean_preserved", "exact_match", "n", "n_clean")}})
 
     def meets(r: dict) -> bool:
-        return (r["harm_rate"] or 0) <= max_harm and (r["clean_preserved"] is None or r["clean_preserved"] >= min_clean)
+        harm_ok = wilson_bounds(r["harm_rate"] or 0.0, r["n"], z)[1] <= max_harm
+        return harm_ok and (r["clean_preserved"] is None or
+                            wilson_bounds(r["clean_preserved"], r["n_clean"], z)[0] >= min_clean)
 
     eligible = [r for r in results if meets(r)]
     best = (max(eligible, key=lambda r: r["error_reduction"] or 0.0) if eligible
-            else min(results, key=lambda r: r["harm_rate"] or 0.0))
+            else min(results, key=lambda r: (r["harm_rate"] or 0.0, -(r["error_reduction"] or 0.0))))
     return GuardConfig(**{k: best[k] for k in ("max_edit_ratio", "min_margin", "lexicon", "per_edit")}), results
 
 
