@@ -85,7 +85,9 @@ def main() -> None:
         f"{summary['best_val_loss'] or float('nan'):.4f} at step {summary['best_step']}; "
         f"peak RAM {summary['peak_ram_mb']:.0f} MB.",
         f"Guard tuned on {tuning['entries']} validation entries ({promised['n_clean']} of them already correct), "
-        f"the targets required one standard error inside their bounds: {guard}; on validation it gave "
+        f"the targets required one standard error inside their bounds ("
+        f"{'met' if promised['meets_targets'] else 'met by no setting: the lowest harm rate was taken'}): "
+        f"{guard}; on validation it gave "
         f"error_reduction {promised['error_reduction']:.3f}, harm_rate {promised['harm_rate']:.3f}, "
         f"clean_preserved {promised['clean_preserved']:.3f}.",
         (f"Whole run (data, training, guard, evaluation): {hours:.2f} h." if not args.resume else

@@ -133,7 +133,7 @@ def test_tuning_picks_the_best_setting_within_the_harm_budget(tokenizer, monkeyp
                           ["il faut que tu viennes.", "il faut que tu vienne.", ""]]}
     entries = [good] * 8 + [harmful] * 2 + [clean, long]
     config, grid = tune_guard(guard, entries, z=0.0)  # point estimates: 12 entries prove little
-    assert len(grid) == 7 * 8 * 2 * 2  # ratios x margins x lexicon on/off x per edit or whole
+    assert len(grid) == 7 * 11 * 2 * 2  # ratios x margins x lexicon on/off x per edit or whole
     # One batch per changed answer, each text once (the source and the edit); none for the
     # unchanged answer; one for each part of the long one.
     assert calls == [2] * (len(entries) - 2) + [2, 2]
@@ -174,4 +174,7 @@ def test_tuning_wants_the_targets_met_with_a_standard_error_to_spare(tokenizer, 
     loose, _ = tune_guard(guard, entries, z=0.0, max_harm=0.2)
     strict, grid = tune_guard(guard, entries, z=1.0, max_harm=0.2)
     assert loose.min_margin < 2.5 <= strict.min_margin < 3.5  # strict refuses the spoiling edit
+    chosen = next(r for r in grid if (r["max_edit_ratio"], r["min_margin"], r["lexicon"], r["per_edit"])
+                  == (strict.max_edit_ratio, strict.min_margin, strict.lexicon, strict.per_edit))
+    assert chosen["meets_targets"] and not all(r["meets_targets"] for r in grid)
     assert {r["n_clean"] for r in grid} == {40}

@@ -219,7 +219,7 @@ def wilson_bounds(share: float, n: int, z: float) -> tuple[float, float]:
 
 def tune_guard(guard: Guard, entries: list[dict], max_harm: float = 0.05, min_clean: float = 0.97,
                ratios: tuple[float, ...] = (0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0),
-               margins: tuple[float, ...] = (-2.0, -1.0, 0.0, 0.5, 1.0, 2.0, 3.0, 4.0),
+               margins: tuple[float, ...] = (-2.0, -1.0, 0.0, 0.5, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0),
                prefix: str = "", z: float = 1.0) -> tuple[GuardConfig, list[dict]]:
     """Pick the thresholds with the best error reduction whose harm rate and clean-text
     preservation meet the targets, on entries that carry `raw_response` (validation split).
@@ -258,7 +258,9 @@ def tune_guard(guard: Guard, entries: list[dict], max_harm: float = 0.05, min_cl
         return harm_ok and (r["clean_preserved"] is None or
                             wilson_bounds(r["clean_preserved"], r["n_clean"], z)[0] >= min_clean)
 
-    eligible = [r for r in results if meets(r)]
+    for r in results:
+        r["meets_targets"] = meets(r)
+    eligible = [r for r in results if r["meets_targets"]]
     best = (max(eligible, key=lambda r: r["error_reduction"] or 0.0) if eligible
             else min(results, key=lambda r: (r["harm_rate"] or 0.0, -(r["error_reduction"] or 0.0))))
     return GuardConfig(**{k: best[k] for k in ("max_edit_ratio", "min_margin", "lexicon", "per_edit")}), results
