@@ -38,6 +38,9 @@ class Profile:
     variants_per_sentence: int
     train: dict = field(default_factory=dict)  # TrainConfig overrides
     eval_limit: int | None = None  # test entries to answer (None = all)
+    # Validation entries the guard is tuned on (None = all): its targets must hold a standard
+    # error inside their bounds, which a few dozen clean sentences cannot show.
+    guard_limit: int | None = None
     base_model_baseline: bool = True
     judge: bool = True  # ask the Ollama judge when a server answers
 
@@ -58,7 +61,7 @@ PROFILES = {
         name="tiny", model="gpt2-tiny", data_source="embedded", max_sentences=300, variants_per_sentence=1,
         train=dict(num_epochs=1, lr=1e-3, batch_size=8, eval_freq=5, eval_iter=2, patience=4,
                    prompt_style="short", max_steps=10, allow_scratch=True),
-        eval_limit=16, base_model_baseline=False, judge=False,
+        eval_limit=16, guard_limit=16, base_model_baseline=False, judge=False,
     ),
 }
 
