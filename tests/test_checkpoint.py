@@ -102,6 +102,19 @@ def test_resume_continues_exactly(tmp_path, monkeypatch):
             torch.testing.assert_close(other_weights[name], tensor, rtol=0, atol=1e-6)
 
 
+def test_a_resumed_run_reports_the_peak_memory_of_its_whole_life(tmp_path):
+    write_data(tmp_path / "data", PAIRS, PAIRS[:4])
+    tok = CharTokenizer()
+    train(_resume_config(tmp_path, "peak", max_steps=4), model=tiny_model(), tokenizer=tok)
+    saved = load_checkpoint(tmp_path / "runs/peak/last.pt")
+    assert saved["state"]["history"]
+    for record in saved["state"]["history"]:
+        record["peak_ram_mb"] = 10.0**7  # the first process was the big one
+    save_checkpoint(tmp_path / "runs/peak/last.pt", saved)
+    resumed = train(_resume_config(tmp_path, "peak", max_steps=8), model=tiny_model(), tokenizer=tok, resume=True)
+    assert resumed.summary["peak_ram_mb"] == 10.0**7
+
+
 def test_resume_refuses_another_run(tmp_path):
     write_data(tmp_path / "data", PAIRS[:4], PAIRS[:2])
     tok = CharTokenizer()
