@@ -5,6 +5,7 @@ import json
 
 import pytest
 
+from correcteur.cli import main
 from correcteur.evaluate import EvalConfig, evaluate, respond
 from correcteur.guard import GuardConfig
 from correcteur.train import TrainConfig, train
@@ -67,7 +68,7 @@ def test_respond_keeps_raw_and_guarded_answers_and_resumes(tmp_path):
 
 
 @pytest.mark.slow
-def test_evaluate_a_tiny_checkpoint(tmp_path, tokenizer):
+def test_evaluate_a_tiny_checkpoint(tmp_path, tokenizer, capsys):
     data = tmp_path / "data"
     data.mkdir()
     for split in ("train", "val", "test"):
@@ -86,3 +87,12 @@ def test_evaluate_a_tiny_checkpoint(tmp_path, tokenizer):
     assert saved["model"] == report["model"] and saved["config"]["checkpoint"] == str(run.run_dir)
     assert saved["guard"] == dataclasses.asdict(GuardConfig()) and saved["guard_tuned"] is False
     assert "the defaults: no guard.json" in (tmp_path / "eval" / "report.md").read_text(encoding="utf-8")
+
+    assert main(["guard", "--checkpoint", str(run.run_dir), "--val", str(data / "val.json")]) == 0
+    tuned = json.loads((run.run_dir / "guard.json").read_text(encoding="utf-8"))
+    assert tuned["tuning"]["entries"] == 9 and len(tuned["tuning"]["grid"]) == 7 * 11 * 2 * 2
+    assert f"saved: {run.run_dir / 'guard.json'}" in capsys.readouterr().out
+    report = evaluate(EvalConfig(checkpoint=str(run.run_dir), test=str(data / "test.json"),
+                                 out=str(tmp_path / "eval"), base_model=False, grammalecte=False))
+    assert report["guard_tuned"] and report["guard"] == tuned["config"]
+    assert main(["guard", "--checkpoint", str(tmp_path / "nothing"), "--val", str(data / "val.json")]) == 2

@@ -18,6 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "data": ("correcteur.data", "build the instruction dataset: clean, augment, split leak-free"),
     "train": ("correcteur.train", "fine-tune a model on the instruction dataset"),
     "export": ("correcteur.checkpoint", "write a trained model in bfloat16/float16 (half the size)"),
+    "guard": ("correcteur.guard", "tune the guard's thresholds on the validation split (guard.json)"),
     "respond": ("correcteur.evaluate", "generate a model_response for every test entry"),
     "score": ("correcteur.metrics", "score responses against the reference and the copy baseline"),
     "judge": ("correcteur.judge", "score responses with an LLM judge (Ollama or OpenAI-compatible)"),

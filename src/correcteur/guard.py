@@ -18,6 +18,7 @@ next to the checkpoint; the test split never sees them change.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import itertools
 import json
@@ -295,3 +296,26 @@ def calibrate_guard(checkpoint: str | Path, val_path: str | Path, limit: int | N
     write_json(folder / "guard_val_responses.json", answered)  # what the thresholds were tuned on
     save_guard_config(config, folder, {"val_file": str(val_path), "entries": len(entries), "grid": grid})
     return config
+
+
+def add_guard_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint", required=True, help="a training run's folder (checkpoints/<run>/) or its best.pt")
+    parser.add_argument("--val", required=True, help="the validation split (val.json from `correcteur data`)")
+    parser.add_argument("--limit", type=int, default=None, help="tune on the first N entries only (none: all)")
+    parser.add_argument("--prefix", default="", help="task prefix to strip from inputs (as in `respond`)")
+    parser.add_argument("--batch-size", type=int, default=32, help="sentences generated together")
+
+
+def run_guard(args: argparse.Namespace) -> int:
+    config = calibrate_guard(args.checkpoint, args.val, limit=args.limit, prefix=args.prefix,
+                             batch_size=args.batch_size)
+    folder = checkpoint_folder(args.checkpoint)
+    grid = json.loads((folder / GUARD_FILE).read_text(encoding="utf-8"))["tuning"]["grid"]
+    chosen = next(r for r in grid if all(r[k] == v for k, v in dataclasses.asdict(config).items()))
+    verdict = ("meets the targets" if chosen["meets_targets"] else
+               "no setting meets the targets: the lowest harm rate was taken")
+    print(f"{config}\non {chosen['n']} validation entries ({verdict}): error_reduction "
+          f"{chosen['error_reduction']:.3f}, harm_rate {chosen['harm_rate']:.3f}, clean_preserved "
+          f"{chosen['clean_preserved'] if chosen['clean_preserved'] is None else round(chosen['clean_preserved'], 3)}"
+          f"\nsaved: {folder / GUARD_FILE}")
+    return 0
