@@ -51,7 +51,8 @@ def parse_setups(text: str) -> list[tuple[int, float]]:
 
 
 def validation_loss(model, tokenizer, entries: list[dict], batch_size: int) -> float:
-    """Mean response loss on `entries`, batched by length (the same batches for every setup)."""
+    """The mean of per-batch response losses on `entries`, batched by length (the same batches
+    for every setup)."""
     dataset = InstructionDataset(entries, tokenizer, "short")
     batches = [custom_collate_fn([dataset[i] for i in b], pad_token_id=tokenizer.eot_token)
                for b in batch_order(dataset.lengths, batch_size, seed=0, epoch=0, group_by_length=True)]
@@ -97,7 +98,7 @@ def main() -> None:
         f"`{args.model}`, {args.minutes:g} minutes of training per setup (the same seed and batches: short "
         f"prompt, batch 8 grouped by length), no evaluation during training; validation loss on the same "
         f"{len(val)} validation examples afterwards. torch {torch.__version__}, {torch.get_num_threads()} threads, "
-        f"{psutil.cpu_count()} CPU cores ({platform.machine()}), otherwise idle.",
+        f"{psutil.cpu_count()} CPU cores ({platform.machine()}).",
         "",
         *table,
     ])

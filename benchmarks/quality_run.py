@@ -88,8 +88,8 @@ def main() -> None:
         f"the targets required one standard error inside their bounds ("
         f"{'met' if promised['meets_targets'] else 'met by no setting: the lowest harm rate was taken'}): "
         f"{guard}; on validation it gave "
-        f"error_reduction {promised['error_reduction']:.3f}, harm_rate {promised['harm_rate']:.3f}, "
-        f"clean_preserved {promised['clean_preserved']:.3f}.",
+        + ", ".join(f"{k} {promised[k]:.3f}" for k in ("error_reduction", "harm_rate", "clean_preserved")
+                    if promised[k] is not None) + ".",
         (f"Whole run (data, training, guard, evaluation): {hours:.2f} h." if not args.resume else
          f"This resumed invocation (the rest of training, guard, evaluation; answers already written are "
          f"reused): {hours:.2f} h."),
@@ -102,8 +102,8 @@ def main() -> None:
         "```",
     ])
     print(body)
-    changed = [f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()
-               if v != parser.get_default(k) and k != "resume"]
+    changed = [f"--{k.replace('_', '-')}" + ("" if v is True else f" {v}") for k, v in vars(args).items()
+               if v != parser.get_default(k)]
     command = " ".join(["python benchmarks/quality_run.py", *changed])
     write_section(f"Quality of the CPU corrector ({name})", body, command=command)
 

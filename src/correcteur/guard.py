@@ -226,7 +226,7 @@ def tune_guard(guard: Guard, entries: list[dict], max_harm: float = 0.05, min_cl
     preservation meet the targets, on entries that carry `raw_response` (validation split).
 
     The targets must hold `z` standard errors inside their bounds (Wilson intervals): out of
-    224 settings, the best-looking one on a few dozen clean sentences is flattered by chance,
+    hundreds of settings, the best-looking one on a few dozen clean sentences is flattered by chance,
     and a guard tuned on point estimates kept 0.88 of the test split's clean sentences where
     validation had promised 0.98 (benchmarks/RESULTS.md). `z=0` compares the point estimates.
 

@@ -487,7 +487,7 @@ class LlamaTokenizer:
             raise UserError(f"{path}/tokenizer.json is not a byte-level BPE this package can read")
         merges = [m if isinstance(m, str) else " ".join(m) for m in model["merges"]]
         check_merge_order(model["vocab"], merges, path / "tokenizer.json")
-        special = {t["content"]: t["id"] for t in spec.get("added_tokens", [])}
+        special = {t["content"]: t["id"] for t in spec.get("added_tokens", []) if t.get("special", True)}
         return cls(str(path), {**model["vocab"], **special}, special,
                    eos[0] if isinstance(eos, list) else eos,
                    hf_pre_tokenizer_pattern(spec.get("pre_tokenizer"), path), nfc=spec.get("normalizer") is not None)

@@ -504,7 +504,8 @@ def train(config: TrainConfig, model: torch.nn.Module | None = None, tokenizer=N
     total = config.num_epochs * steps_per_epoch
     if config.max_steps is not None:
         total = min(total, config.max_steps)
-    # A resumed run's peak includes the steps before the interruption (kept in its history).
+    # A resumed run's peak RAM includes the steps before the interruption (kept in its history);
+    # CUDA's peak counts this process only.
     memory = peak_memory_mb(device, max((r.get("peak_ram_mb", 0.0) for r in state.history), default=0.0))
     start = time.perf_counter() - state.elapsed_s
     bar = tqdm(total=total, initial=min(state.step, total), desc="train", unit="step", dynamic_ncols=True)
