@@ -70,6 +70,19 @@ def test_rows_stop_at_their_own_end_of_text(lively_gpt, tokenizer):
     assert one_by_one(lively_gpt, prompts[:1], 15, eos_id=eos) == [alone[0][:3]]
 
 
+def test_any_stop_id_ends_a_row_like_end_of_text(lively_gpt, tokenizer):
+    prompts = [tokenizer.encode(p) for p in PROMPTS]
+    alone = one_by_one(lively_gpt, prompts, 15)
+    other = alone[0][3]  # the 4th token of the first row plays <|im_end|>
+    ids, mask = left_pad(prompts, tokenizer.eot_token)
+    with_stop = generate(lively_gpt, ids, 15, 128, eos_id=tokenizer.eot_token, attention_mask=mask,
+                         stop_ids={other})[:, ids.shape[1]:].tolist()
+    as_eos = generate(lively_gpt, ids, 15, 128, eos_id=other, attention_mask=mask)[:, ids.shape[1]:].tolist()
+    eot = tokenizer.eot_token
+    assert [[eot if t == other else t for t in row] for row in as_eos] == with_stop
+    assert with_stop[0] == alone[0][:3] + [eot] * 12
+
+
 def test_long_prompt_is_returned_whole_as_in_the_course(lively_gpt):
     prompt = torch.randint(0, 50257, (1, 120), generator=torch.Generator().manual_seed(3))
     out = generate(lively_gpt, prompt, 20, 128)

@@ -229,17 +229,18 @@ class Corrector:
         return Piece(text, prompt, prompt_ids, max_new_tokens)
 
     def _generate(self, pieces: list[Piece]) -> list[str]:
-        """Greedy answers for a batch; each row is cut at end-of-text and at its own budget."""
+        """Greedy answers for a batch; each row is cut at end-of-text (or another special token)
+        and at its own budget."""
         eot = self.tokenizer.eot_token
+        # A chat model may end with another of its special tokens (<|im_end|>): any one stops a row.
+        stops = getattr(self.tokenizer, "special_ids", {eot})
         ids, mask = left_pad([p.prompt_ids for p in pieces], pad_id=eot, device=self.device)
         width = ids.shape[1]
         # Rows of a batch share one loop; capping it keeps every prompt whole (no left crop).
         max_new_tokens = min(max(p.max_new_tokens for p in pieces), self.model.context_length - width)
         out = generate(self.model, ids, max_new_tokens=max_new_tokens,
                        context_size=self.model.context_length, eos_id=eot, attention_mask=mask,
-                       use_cache=self.use_cache)
-        # A chat model may end with another of its special tokens (<|im_end|>): any one stops a row.
-        stops = getattr(self.tokenizer, "special_ids", {eot})
+                       use_cache=self.use_cache, stop_ids=stops)
         answers = []
         for piece, row in zip(pieces, out[:, width:].tolist(), strict=True):
             row = row[:piece.max_new_tokens]

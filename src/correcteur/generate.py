@@ -6,6 +6,8 @@ signature `model(idx, cache=None, attention_mask=None, only_last=False)` and `ne
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 import torch
 
 
@@ -36,11 +38,12 @@ def next_token(logits: torch.Tensor, temperature: float = 0.0, top_k: int | None
 def generate(model, idx: torch.Tensor, max_new_tokens: int, context_size: int,
              temperature: float = 0.0, top_k: int | None = None, eos_id: int | None = None,
              attention_mask: torch.Tensor | None = None, use_cache: bool = True,
-             generator: torch.Generator | None = None) -> torch.Tensor:
+             generator: torch.Generator | None = None, stop_ids: Collection[int] = ()) -> torch.Tensor:
     """Append up to `max_new_tokens` tokens to each row of `idx` (batch, time).
 
     As in the course, the end-of-text token itself is not appended and generation stops once
-    every row has produced it; rows that finished earlier are filled with `eos_id`.
+    every row has produced it; rows that finished earlier are filled with `eos_id`. `stop_ids`
+    end a row the same way (a chat model's other special tokens, such as <|im_end|>).
     Left-padded batches pass `attention_mask` (1 = token, 0 = padding). The model reads the
     prompt cropped from the left so that prompt and new tokens fit in `context_size` (the same
     window with and without the cache); the whole prompt is returned, as in the course."""
@@ -53,6 +56,7 @@ def generate(model, idx: torch.Tensor, max_new_tokens: int, context_size: int,
     cache = model.new_cache() if use_cache else None
     finished = torch.zeros(idx.shape[0], dtype=torch.bool, device=idx.device)
     fill = eos_id if eos_id is not None else 0
+    stops = torch.tensor(sorted({eos_id, *stop_ids}), device=idx.device) if eos_id is not None else None
     new_tokens = []
     step_input = idx
     for _ in range(max_new_tokens):
@@ -64,7 +68,7 @@ def generate(model, idx: torch.Tensor, max_new_tokens: int, context_size: int,
             logits = model(context, attention_mask=mask, only_last=True)
         token = next_token(logits[:, -1], temperature, top_k, generator)
         if eos_id is not None:
-            finished |= token.squeeze(1) == eos_id
+            finished |= torch.isin(token.squeeze(1), stops)
             if bool(finished.all()):
                 break
             token = token.masked_fill(finished[:, None], fill)
