@@ -139,11 +139,12 @@ def main() -> None:
                 peak_mb[name] = max(peak_mb[name], torch.cuda.max_memory_allocated(device) / 2**20)
     n_params = sum(p.numel() for p in ours.parameters())
     peak = peak_tflops(device, args.peak_tflops) if args.bf16 else None  # the peaks are bf16 ones
-    rate, mfu = {}, {}
+    rate, mfu, step_s = {}, {}, {}
     for name in loops:  # the fastest timed step, and its own batch's length for the attention FLOPs
         fastest = min(range(1, len(batches)), key=lambda i: times[name][i] / batches[i][0].numel())
         inputs = batches[fastest][0]
-        rate[name] = inputs.numel() / times[name][fastest]
+        step_s[name] = times[name][fastest]
+        rate[name] = inputs.numel() / step_s[name]
         if peak:
             flops = flops_per_token(n_params, args.layers, args.dim, inputs.shape[1])
             mfu[name] = rate[name] * flops / (peak * 1e12)
@@ -160,9 +161,9 @@ def main() -> None:
                              if device.type == "cuda" else
                              f"process RSS at the end {psutil.Process().memory_info().rss / 2**30:.1f} GiB (both models)."),
         "",
-        "| loop | tokens/s | s/step (fastest) | s/step (median) |" + (" MFU |" if mfu else ""),
+        "| loop | tokens/s | s/step (best step) | s/step (median) |" + (" MFU |" if mfu else ""),
         "|---|---:|---:|---:|" + ("---:|" if mfu else ""),
-        *[f"| {name} | {rate[name]:,.0f} | {min(times[name][1:]):.3f} | "
+        *[f"| {name} | {rate[name]:,.0f} | {step_s[name]:.3f} | "
           f"{sorted(times[name][1:])[len(times[name][1:]) // 2]:.3f} |" + (f" {mfu[name]:.1%} |" if mfu else "")
           for name in loops],
         "",
