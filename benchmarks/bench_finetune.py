@@ -20,7 +20,7 @@ from pathlib import Path
 
 import psutil
 import torch
-from results import write_section
+from results import command_line, write_section
 
 from correcteur.augment import AugmentConfig
 from correcteur.data import DataConfig, build_dataset
@@ -104,9 +104,8 @@ def main() -> None:
     ])
     print(body)
     if not args.no_write:
-        changed = [f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()
-                   if v != parser.get_default(k) and k != "no_write"]
-        write_section("LoRA vs full fine-tuning", body, " ".join(["python benchmarks/bench_finetune.py", *changed]))
+        write_section("LoRA vs full fine-tuning", body,
+                      command_line("bench_finetune.py", parser, args, leave_out=("no_write",)))
 
 
 if __name__ == "__main__":

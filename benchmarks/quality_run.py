@@ -17,12 +17,12 @@ import time
 from pathlib import Path
 
 import torch
-from results import write_section
+from results import command_line, write_section
 
 from correcteur.augment import AugmentConfig
 from correcteur.data import DataConfig, build_dataset
 from correcteur.evaluate import EvalConfig, evaluate
-from correcteur.guard import calibrate_guard
+from correcteur.guard import calibrate_guard, chosen_setting, describe_setting
 from correcteur.train import TrainConfig, train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -65,8 +65,7 @@ def main() -> None:
 
     guard = calibrate_guard(config.run_dir, data_dir / "val.json", limit=args.val_limit or None,
                             batch_size=args.eval_batch_size)
-    tuning = json.loads((config.run_dir / "guard.json").read_text(encoding="utf-8"))["tuning"]
-    promised = next(r for r in tuning["grid"] if all(r[k] == v for k, v in vars(guard).items()))
+    promised = chosen_setting(config.run_dir)
     # The base model is left out here (it only rambles, and costs as much as the model);
     # notebook 04 and `correcteur evaluate` report it.
     report = evaluate(EvalConfig(checkpoint=str(config.run_dir), test=str(data_dir / "test.json"),
@@ -84,12 +83,10 @@ def main() -> None:
         f"({summary['tokens_per_s']:.0f} tokens/s), stopped by {summary['stop_reason']}; best validation loss "
         f"{summary['best_val_loss'] or float('nan'):.4f} at step {summary['best_step']}; "
         f"peak RAM {summary['peak_ram_mb']:.0f} MB.",
-        f"Guard tuned on {tuning['entries']} validation entries ({promised['n_clean']} of them already correct), "
+        f"Guard tuned on {promised['n']} validation entries ({promised['n_clean']} of them already correct), "
         f"the targets required one standard error inside their bounds ("
         f"{'met' if promised['meets_targets'] else 'met by no setting: the lowest harm rate was taken'}): "
-        f"{guard}; on validation it gave "
-        + ", ".join(f"{k} {promised[k]:.3f}" for k in ("error_reduction", "harm_rate", "clean_preserved")
-                    if promised[k] is not None) + ".",
+        f"{guard}; on validation it gave {describe_setting(promised)}.",
         (f"Whole run (data, training, guard, evaluation): {hours:.2f} h." if not args.resume else
          f"This resumed invocation (the rest of training, guard, evaluation; answers already written are "
          f"reused): {hours:.2f} h."),
@@ -102,10 +99,8 @@ def main() -> None:
         "```",
     ])
     print(body)
-    changed = [f"--{k.replace('_', '-')}" + ("" if v is True else f" {v}") for k, v in vars(args).items()
-               if v != parser.get_default(k)]
-    command = " ".join(["python benchmarks/quality_run.py", *changed])
-    write_section(f"Quality of the CPU corrector ({name})", body, command=command)
+    write_section(f"Quality of the CPU corrector ({name})", body,
+                  command=command_line("quality_run.py", parser, args))
 
 
 if __name__ == "__main__":

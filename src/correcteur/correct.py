@@ -229,10 +229,10 @@ class Corrector:
         return Piece(text, prompt, prompt_ids, max_new_tokens)
 
     def _generate(self, pieces: list[Piece]) -> list[str]:
-        """Greedy answers for a batch; each row is cut at end-of-text (or another special token)
-        and at its own budget."""
+        """Greedy answers for a batch; each row is cut at end-of-text and at its own budget."""
         eot = self.tokenizer.eot_token
-        # A chat model may end with another of its special tokens (<|im_end|>): any one stops a row.
+        # A chat model may end with another of its special tokens (<|im_end|>): `generate` ends
+        # the row there as at end-of-text, filling it with end-of-text.
         stops = getattr(self.tokenizer, "special_ids", {eot})
         ids, mask = left_pad([p.prompt_ids for p in pieces], pad_id=eot, device=self.device)
         width = ids.shape[1]
@@ -244,7 +244,8 @@ class Corrector:
         answers = []
         for piece, row in zip(pieces, out[:, width:].tolist(), strict=True):
             row = row[:piece.max_new_tokens]
-            row = row[:next((k for k, token in enumerate(row) if token in stops), len(row))]
+            if eot in row:
+                row = row[:row.index(eot)]
             generated = piece.prompt + self.tokenizer.decode(row)
             answers.append(extract_response(generated, self.prompt_style))
         return answers

@@ -298,6 +298,18 @@ def calibrate_guard(checkpoint: str | Path, val_path: str | Path, limit: int | N
     return config
 
 
+def chosen_setting(checkpoint: str | Path) -> dict:
+    """The grid row of the setting `calibrate_guard` saved beside `checkpoint`: what validation
+    promised for it, and whether it met the targets."""
+    saved = json.loads((checkpoint_folder(checkpoint) / GUARD_FILE).read_text(encoding="utf-8"))
+    return next(r for r in saved["tuning"]["grid"] if all(r[k] == v for k, v in saved["config"].items()))
+
+
+def describe_setting(row: dict) -> str:
+    return ", ".join(f"{k} {row[k]:.3f}" for k in ("error_reduction", "harm_rate", "clean_preserved")
+                     if row[k] is not None)
+
+
 def add_guard_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", required=True, help="a training run's folder (checkpoints/<run>/) or its best.pt")
     parser.add_argument("--val", required=True, help="the validation split (val.json from `correcteur data`)")
@@ -309,13 +321,9 @@ def add_guard_arguments(parser: argparse.ArgumentParser) -> None:
 def run_guard(args: argparse.Namespace) -> int:
     config = calibrate_guard(args.checkpoint, args.val, limit=args.limit, prefix=args.prefix,
                              batch_size=args.batch_size)
-    folder = checkpoint_folder(args.checkpoint)
-    grid = json.loads((folder / GUARD_FILE).read_text(encoding="utf-8"))["tuning"]["grid"]
-    chosen = next(r for r in grid if all(r[k] == v for k, v in dataclasses.asdict(config).items()))
+    chosen = chosen_setting(args.checkpoint)
     verdict = ("meets the targets" if chosen["meets_targets"] else
                "no setting meets the targets: the lowest harm rate was taken")
-    print(f"{config}\non {chosen['n']} validation entries ({verdict}): error_reduction "
-          f"{chosen['error_reduction']:.3f}, harm_rate {chosen['harm_rate']:.3f}, clean_preserved "
-          f"{chosen['clean_preserved'] if chosen['clean_preserved'] is None else round(chosen['clean_preserved'], 3)}"
-          f"\nsaved: {folder / GUARD_FILE}")
+    print(f"{config}\non {chosen['n']} validation entries ({verdict}): {describe_setting(chosen)}"
+          f"\nsaved: {checkpoint_folder(args.checkpoint) / GUARD_FILE}")
     return 0
