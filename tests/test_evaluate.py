@@ -7,7 +7,7 @@ import pytest
 
 from correcteur.cli import main
 from correcteur.evaluate import EvalConfig, evaluate, respond
-from correcteur.guard import GuardConfig
+from correcteur.guard import GuardConfig, guard_settings
 from correcteur.train import TrainConfig, train
 
 ENTRIES = [
@@ -90,7 +90,7 @@ def test_evaluate_a_tiny_checkpoint(tmp_path, tokenizer, capsys):
 
     assert main(["guard", "--checkpoint", str(run.run_dir), "--val", str(data / "val.json")]) == 0
     tuned = json.loads((run.run_dir / "guard.json").read_text(encoding="utf-8"))
-    assert tuned["tuning"]["entries"] == 9 and len(tuned["tuning"]["grid"]) == 7 * 11 * 2 * 2
+    assert tuned["tuning"]["entries"] == 9 and len(tuned["tuning"]["grid"]) == len(guard_settings())
     assert f"saved: {run.run_dir / 'guard.json'}" in capsys.readouterr().out
     report = evaluate(EvalConfig(checkpoint=str(run.run_dir), test=str(data / "test.json"),
                                  out=str(tmp_path / "eval"), base_model=False, grammalecte=False))

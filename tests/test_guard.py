@@ -1,21 +1,27 @@
 """The guard keeps the model's edits only where they pass; its tuning meets the targets."""
 
+import json
+
 import pytest
 import torch
 
 from correcteur.data import build_prompt
 from correcteur.errors import UserError
 from correcteur.guard import (
+    Answer,
     Guard,
     GuardConfig,
     apply_edits,
     edit_pieces,
+    grid_row,
     guard_for_checkpoint,
+    guard_settings,
     load_guard_config,
     save_guard_config,
     tune_guard,
     wilson_bounds,
 )
+from correcteur.metrics import levenshtein
 from correcteur.model import GPTModel
 
 LEXICON = frozenset({"les", "enfants", "sont", "allés", "à", "école", "l", "il", "faut", "que", "tu", "viennes", "viens", "vienne"})
@@ -110,6 +116,40 @@ def test_per_edit_margin_keeps_the_good_edit_beside_a_bad_one(tokenizer, monkeyp
     assert per_edit.decide(source, "Les enfant sont allé à l'école.") == (source, "margin")
 
 
+def test_stretch_budget_keeps_near_fixes_and_undoes_far_guesses(tokenizer):
+    source = "Les enfant sont allés à l'écoel."
+    candidate = "Les enfants sont allés à la maison."  # a fix one character away, a guess far away
+    pieces = edit_pieces(source, candidate)
+    near = make_guard(tokenizer, max_edit_ratio=1.0, min_margin=-1e9, lexicon=False, max_stretch_edits=1)
+    assert near.decide(source, candidate) == ("Les enfants sont allés à l'écoel.", "accepted")
+    assert near.decide(source, "Les enfant sont allés à la maison.") == (source, "edit budget")
+    # No budget: both edits kept; the stretch distances are the characters each edit changes.
+    anything = make_guard(tokenizer, max_edit_ratio=1.0, min_margin=-1e9, lexicon=False)
+    assert anything.decide(source, candidate) == (candidate, "accepted")
+    assert Answer(near, source, candidate).stretch_distances == [
+        levenshtein(removed, inserted) for _, removed, inserted in (p for p in pieces if p[0] == "edit")] == [1, 8]
+
+
+def test_a_misspelling_fixed_may_ask_for_a_smaller_margin_than_a_word_swapped(tokenizer, monkeypatch):
+    # Both edits gain 1 nat; "enfnt" is no French word, "allés" is one (the lexicon still tells
+    # them apart when its own check is off).
+    monkeypatch.setattr(Guard, "log_probs", lambda self, s, responses: [
+        ("enfants" in r) + ("allé " in r) for r in responses])
+    source = "Les enfnt sont allés à l'école."
+    candidate = "Les enfants sont allé à l'école."
+    guard = make_guard(tokenizer, max_edit_ratio=0.5, min_margin=2.0, lexicon=False, per_edit=True, nonword_margin=0.5)
+    assert guard.nonword_edits(edit_pieces(source, candidate)) == {0}
+    assert guard.decide(source, candidate) == ("Les enfants sont allés à l'école.", "accepted")
+    # Judged whole, the lower margin applies only when every kept edit fixes a misspelling.
+    whole = make_guard(tokenizer, max_edit_ratio=0.5, min_margin=2.0, lexicon=False, nonword_margin=0.5)
+    assert whole.decide(source, candidate) == (candidate, "accepted")  # 2 nats, both edits
+    assert whole.decide(source, "Les enfants sont allés à l'école.") == ("Les enfants sont allés à l'école.", "accepted")
+    assert whole.decide("Les enfants sont allés à l'école.", "Les enfants sont allé à l'école.")[1] == "margin"
+    # Without a lexicon nothing can be called a misspelling.
+    assert Guard(guard.model, tokenizer, "short", GuardConfig(lexicon=False)).nonword_edits(
+        edit_pieces(source, candidate)) == set()
+
+
 def test_tuning_picks_the_best_setting_within_the_harm_budget(tokenizer, monkeypatch):
     guard = make_guard(tokenizer)
     # Both edits use known words and change one character, so only the model's confidence
@@ -133,13 +173,16 @@ def test_tuning_picks_the_best_setting_within_the_harm_budget(tokenizer, monkeyp
                           ["il faut que tu viennes.", "il faut que tu vienne.", ""]]}
     entries = [good] * 8 + [harmful] * 2 + [clean, long]
     config, grid = tune_guard(guard, entries, z=0.0)  # point estimates: 12 entries prove little
-    assert len(grid) == 7 * 11 * 2 * 2  # ratios x margins x lexicon on/off x per edit or whole
+    # ratios x margins x lexicon on/off x per edit or whole x stretch budgets x misspelling
+    # margins, less the settings that would ask more of a misspelling fixed than of a word swapped
+    n_margins_below = sum(sum(m < margin for m in (-2.0, 0.0, 1.0, 2.0, 3.0)) + 1
+                          for margin in (-2.0, -1.0, 0.0, 0.5, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0))
+    assert len(grid) == len(guard_settings()) == 7 * 2 * 2 * 4 * n_margins_below
     # One batch per changed answer, each text once (the source and the edit); none for the
     # unchanged answer; one for each part of the long one.
     assert calls == [2] * (len(entries) - 2) + [2, 2]
     assert 0.5 < config.min_margin <= 3.0  # rejects the harmful edits, keeps the fixes
-    best = next(r for r in grid if (r["max_edit_ratio"], r["min_margin"], r["lexicon"], r["per_edit"])
-                == (config.max_edit_ratio, config.min_margin, config.lexicon, config.per_edit))
+    best = grid_row(grid, config)
     assert best["harm_rate"] == 0 and best["error_reduction"] == 1.0 and best["clean_preserved"] == 1.0
     # Whole, the long answer would score 3.0 and pass; by part, its harmful half is refused.
 
@@ -150,6 +193,13 @@ def test_config_round_trip_next_to_a_checkpoint(tmp_path, tokenizer):
     assert load_guard_config(tmp_path) == GuardConfig(0.2, 1.5, False)
     guard = guard_for_checkpoint(GPTModel(TINY), tokenizer, "short", tmp_path / "best.pt")
     assert guard.config == GuardConfig(0.2, 1.5, False)
+    # A guard.json written before the stretch budget and the misspelling margin existed: both off.
+    old = {"max_edit_ratio": 0.2, "min_margin": 1.5, "lexicon": False, "per_edit": True}
+    (tmp_path / "guard.json").write_text(json.dumps({"config": old, "tuning": {"grid": [
+        {**old, "per_edit": False, "error_reduction": 0.1}, {**old, "error_reduction": 0.3}]}}))
+    assert load_guard_config(tmp_path) == GuardConfig(0.2, 1.5, False, True, None, None)
+    assert grid_row(json.loads((tmp_path / "guard.json").read_text())["tuning"]["grid"],
+                    load_guard_config(tmp_path))["error_reduction"] == 0.3
 
 
 def test_wilson_bounds_match_the_textbook_values():
@@ -174,7 +224,6 @@ def test_tuning_wants_the_targets_met_with_a_standard_error_to_spare(tokenizer, 
     loose, _ = tune_guard(guard, entries, z=0.0, max_harm=0.2)
     strict, grid = tune_guard(guard, entries, z=1.0, max_harm=0.2)
     assert loose.min_margin < 2.5 <= strict.min_margin < 3.5  # strict refuses the spoiling edit
-    chosen = next(r for r in grid if (r["max_edit_ratio"], r["min_margin"], r["lexicon"], r["per_edit"])
-                  == (strict.max_edit_ratio, strict.min_margin, strict.lexicon, strict.per_edit))
+    chosen = grid_row(grid, strict)
     assert chosen["meets_targets"] and not all(r["meets_targets"] for r in grid)
     assert {r["n_clean"] for r in grid} == {40}

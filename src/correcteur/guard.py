@@ -4,7 +4,9 @@ A small model fixes many errors and also invents some. Leaving text alone is alw
 correction is accepted only where three checks agree:
 
 1. the edit budget: the answer may not differ from the input by more than a share of its
-   characters (a rewritten sentence is a hallucination, not a correction);
+   characters (a rewritten sentence is a hallucination, not a correction), and each changed
+   stretch of words may change only a few characters of its own (a typo is fixed by a nearby
+   word; "projeg" → "poste" is a guess, and on validation such far edits were mostly wrong);
 2. the lexicon: each changed stretch of words may only introduce words French knows (or words
    already in the input); stretches that fail are put back as they were, the rest is kept;
 3. the model's own confidence: the corrected text must be more likely, under the model and
@@ -34,7 +36,7 @@ from correcteur.correct import Part, diff_words
 from correcteur.data import correction_prompt
 from correcteur.errors import UserError
 from correcteur.files import write_json
-from correcteur.metrics import levenshtein, score_entries
+from correcteur.metrics import EntryStats, aggregate, entry_stats, entry_texts, levenshtein
 
 WORD = re.compile(r"\w+")
 GUARD_FILE = "guard.json"
@@ -46,6 +48,9 @@ class GuardConfig:
     min_margin: float = 0.0  # log p(correction) - log p(input) the model must reach, in nats
     lexicon: bool = True  # undo changed stretches that bring in words outside the lexicon
     per_edit: bool = False  # the margin judges each changed stretch alone, not the whole answer
+    max_stretch_edits: int | None = None  # character edits allowed in one changed stretch (None: any)
+    nonword_margin: float | None = None  # the margin asked of edits that only fix words outside
+    # the lexicon (a misspelling is safer to fix than a real word to swap); None: min_margin
 
 
 DiffPiece = tuple[str, str] | tuple[str, str, str]  # ("equal", text) or ("edit", removed, inserted)
@@ -116,6 +121,14 @@ class Guard:
         return {number for number, (_, _, inserted) in enumerate(edits)
                 if all(self.is_known(word, source_words) for word in WORD.findall(inserted))}
 
+    def nonword_edits(self, pieces: list[DiffPiece]) -> set[int]:
+        """The edits that remove words, none of which the lexicon knows (none without a lexicon)."""
+        if not self.lexicon:
+            return set()
+        edits = [piece for piece in pieces if piece[0] == "edit"]
+        return {number for number, (_, removed, _) in enumerate(edits)
+                if WORD.search(removed) and not any(self.is_known(word, set()) for word in WORD.findall(removed))}
+
     @torch.no_grad()
     def log_probs(self, source: str, responses: list[str]) -> list[float]:
         """log p(response, end-of-text | prompt for `source`) under the model, for each response
@@ -150,11 +163,19 @@ class Answer:
         self.pieces = edit_pieces(source, candidate)
         self.every = set(range(edit_count(self.pieces)))
         self.known = guard.known_edits(source, self.pieces) if guard.lexicon else self.every
+        self.nonword = guard.nonword_edits(self.pieces)
         self.distance = levenshtein(source, candidate)
+        self.stretch_distances = [levenshtein(piece[1], piece[2]) for piece in self.pieces if piece[0] == "edit"]
         self._scores: dict[str, float] = {}
 
     def text(self, edits: set[int]) -> str:
         return apply_edits(self.pieces, edits)
+
+    def near(self, edits: set[int], max_stretch_edits: int | None) -> set[int]:
+        """The edits that change at most `max_stretch_edits` characters of their stretch."""
+        if max_stretch_edits is None:
+            return edits
+        return {n for n in edits if self.stretch_distances[n] <= max_stretch_edits}
 
     def score(self, texts: list[str]) -> None:
         """Score the texts not scored yet (and the source), in one batch."""
@@ -181,10 +202,18 @@ def judge(config: GuardConfig, answer: Answer) -> tuple[set[int], str]:
     kept = answer.known if config.lexicon else answer.every
     if not kept:
         return set(), "lexicon"
+    kept = answer.near(kept, config.max_stretch_edits)
+    if not kept:
+        return set(), "edit budget"
+
+    def required(edits: set[int]) -> float:
+        nonword = config.nonword_margin is not None and edits <= answer.nonword
+        return config.nonword_margin if nonword else config.min_margin
+
     if config.per_edit:
         answer.score([answer.text({n}) for n in kept])
-        kept = {n for n in kept if answer.margin({n}) >= config.min_margin}
-    elif answer.margin(kept) < config.min_margin:
+        kept = {n for n in kept if answer.margin({n}) >= required({n})}
+    elif answer.margin(kept) < required(kept):
         kept = set()
     return kept, "accepted" if kept else "margin"
 
@@ -218,10 +247,25 @@ def wilson_bounds(share: float, n: int, z: float) -> tuple[float, float]:
     return (center - spread) / (1 + z * z / n), (center + spread) / (1 + z * z / n)
 
 
+RATIOS = (0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0)
+MARGINS = (-2.0, -1.0, 0.0, 0.5, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0)
+STRETCH_EDITS = (None, 1, 2, 3)
+NONWORD_MARGINS = (None, -2.0, 0.0, 1.0, 2.0, 3.0)
+
+
+def guard_settings(ratios: tuple[float, ...] = RATIOS, margins: tuple[float, ...] = MARGINS,
+                   stretch_edits: tuple[int | None, ...] = STRETCH_EDITS,
+                   nonword_margins: tuple[float | None, ...] = NONWORD_MARGINS) -> list[GuardConfig]:
+    """The grid `tune_guard` searches: every combination, less those that would ask more of a
+    misspelling fixed than of a French word swapped."""
+    settings = [GuardConfig(*setting) for setting in itertools.product(
+        ratios, margins, (False, True), (False, True), stretch_edits, nonword_margins)]
+    return [c for c in settings if c.nonword_margin is None or c.nonword_margin < c.min_margin]
+
+
 def tune_guard(guard: Guard, entries: list[dict], max_harm: float = 0.05, min_clean: float = 0.97,
-               ratios: tuple[float, ...] = (0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0),
-               margins: tuple[float, ...] = (-2.0, -1.0, 0.0, 0.5, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0),
-               prefix: str = "", z: float = 1.0) -> tuple[GuardConfig, list[dict]]:
+               settings: list[GuardConfig] | None = None, prefix: str = "", z: float = 1.0
+               ) -> tuple[GuardConfig, list[dict]]:
     """Pick the thresholds with the best error reduction whose harm rate and clean-text
     preservation meet the targets, on entries that carry `raw_response` (validation split).
 
@@ -231,26 +275,37 @@ def tune_guard(guard: Guard, entries: list[dict], max_harm: float = 0.05, min_cl
     validation had promised 0.98 (benchmarks/RESULTS.md). `z=0` compares the point estimates.
 
     The model scores each entry once (one batch: the input, the answer with and without the
-    lexicon step, and each edit alone), so the grid's size costs no model time. A guard tuned
+    lexicon step and each stretch budget, and each edit alone), so the grid's size costs no
+    model time, and each distinct guarded answer is compared with its reference once. A guard tuned
     without a lexicon (`lexicon=False` and none given) treats every word as known. When no
     setting meets the targets, the one with the lowest harm rate (then the best error reduction) wins."""
+    settings = settings or guard_settings()
+    max_ratio = max(c.max_edit_ratio for c in settings)
+    stretch_edits = {c.max_stretch_edits for c in settings}
     answers = []  # for each entry, (Answer, gap) for each part it was answered in
     for entry in tqdm(entries, desc="tuning the guard", unit="entry", disable=None):
         parts = [(Answer(guard, source, raw), gap) for source, raw, gap in response_parts(entry, prefix)]
         for answer, _ in parts:
             if answer.every and answer.candidate.strip() and \
-                    answer.distance <= max(1.0, max(ratios) * len(answer.source)):
-                answer.score([answer.text(answer.every), answer.text(answer.known),
+                    answer.distance <= max(1.0, max_ratio * len(answer.source)):
+                whole = [answer.near(edits, limit) for edits in (answer.every, answer.known) for limit in stretch_edits]
+                answer.score([*(answer.text(edits) for edits in whole),
                               *(answer.text({n}) for n in answer.every)])  # all the grid will ask, one batch
         answers.append(parts)
 
+    stats: dict[tuple[int, str], EntryStats] = {}  # settings often agree: score each response once
+
+    def stats_of(index: int, response: str) -> EntryStats:
+        if (index, response) not in stats:
+            entry = {**entries[index], "model_response": response}
+            stats[index, response] = entry_stats(*entry_texts(entry, prefix, index))
+        return stats[index, response]
+
     results = []
-    for ratio, margin, use_lexicon, per_edit in itertools.product(ratios, margins, (False, True), (False, True)):
-        config = GuardConfig(ratio, margin, use_lexicon, per_edit)
-        answered = [{**entry, "model_response": "".join(answer.text(judge(config, answer)[0]) + gap
-                                                        for answer, gap in parts)}
-                    for entry, parts in zip(entries, answers, strict=True)]
-        scores = score_entries(answered, prefix=prefix)
+    for config in settings:
+        scores = aggregate([stats_of(index, "".join(answer.text(judge(config, answer)[0]) + gap
+                                                    for answer, gap in parts))
+                            for index, parts in enumerate(answers)])
         results.append({**dataclasses.asdict(config), **{k: scores[k] for k in (
             "error_reduction", "harm_rate", "clean_preserved", "exact_match", "n", "n_clean")}})
 
@@ -264,7 +319,7 @@ def tune_guard(guard: Guard, entries: list[dict], max_harm: float = 0.05, min_cl
     eligible = [r for r in results if r["meets_targets"]]
     best = (max(eligible, key=lambda r: r["error_reduction"] or 0.0) if eligible
             else min(results, key=lambda r: (r["harm_rate"] or 0.0, -(r["error_reduction"] or 0.0))))
-    return GuardConfig(**{k: best[k] for k in ("max_edit_ratio", "min_margin", "lexicon", "per_edit")}), results
+    return GuardConfig(**{field.name: best[field.name] for field in dataclasses.fields(GuardConfig)}), results
 
 
 def checkpoint_folder(checkpoint: str | Path) -> Path:
@@ -298,11 +353,18 @@ def calibrate_guard(checkpoint: str | Path, val_path: str | Path, limit: int | N
     return config
 
 
+def grid_row(grid: list[dict], config: GuardConfig) -> dict:
+    """The row of `tune_guard`'s grid that holds `config`'s setting (a grid saved before a
+    check existed lacks its key: the check was off, None)."""
+    setting = dataclasses.asdict(config)
+    return next(r for r in grid if all(r.get(k) == v for k, v in setting.items()))
+
+
 def chosen_setting(checkpoint: str | Path) -> dict:
     """The grid row of the setting `calibrate_guard` saved beside `checkpoint`: what validation
     promised for it, and whether it met the targets."""
     saved = json.loads((checkpoint_folder(checkpoint) / GUARD_FILE).read_text(encoding="utf-8"))
-    return next(r for r in saved["tuning"]["grid"] if all(r[k] == v for k, v in saved["config"].items()))
+    return grid_row(saved["tuning"]["grid"], GuardConfig(**saved["config"]))
 
 
 def describe_setting(row: dict) -> str:
