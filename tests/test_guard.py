@@ -19,6 +19,7 @@ from correcteur.guard import (
     load_guard_config,
     save_guard_config,
     tune_guard,
+    typo_distance,
     wilson_bounds,
 )
 from correcteur.metrics import levenshtein
@@ -116,38 +117,55 @@ def test_per_edit_margin_keeps_the_good_edit_beside_a_bad_one(tokenizer, monkeyp
     assert per_edit.decide(source, "Les enfant sont allé à l'école.") == (source, "margin")
 
 
+def test_typo_distance_counts_a_swap_of_neighbours_as_one_typo():
+    assert typo_distance("enfnats", "enfants") == 1 and levenshtein("enfnats", "enfants") == 2
+    assert typo_distance("", "abc") == 3 and typo_distance("abc", "abc") == 0
+    assert typo_distance("ca", "abc") == 3  # optimal string alignment: a swapped pair is not edited again
+    words = ["école", "ecole", "écloe", "projet", "projeg", "poste", "a", "à", "", "allés", "allé"]
+    for a in words:  # without swaps it is Levenshtein: never more, and at most half less
+        for b in words:
+            assert levenshtein(a, b) / 2 <= typo_distance(a, b) <= levenshtein(a, b)
+            assert typo_distance(a, b) == typo_distance(b, a)
+
+
 def test_stretch_budget_keeps_near_fixes_and_undoes_far_guesses(tokenizer):
     source = "Les enfant sont allés à l'écoel."
     candidate = "Les enfants sont allés à la maison."  # a fix one character away, a guess far away
-    pieces = edit_pieces(source, candidate)
     near = make_guard(tokenizer, max_edit_ratio=1.0, min_margin=-1e9, lexicon=False, max_stretch_edits=1)
     assert near.decide(source, candidate) == ("Les enfants sont allés à l'écoel.", "accepted")
     assert near.decide(source, "Les enfant sont allés à la maison.") == (source, "edit budget")
-    # No budget: both edits kept; the stretch distances are the characters each edit changes.
+    # No budget: both edits kept; the stretch distances are the typos between each edit's words.
     anything = make_guard(tokenizer, max_edit_ratio=1.0, min_margin=-1e9, lexicon=False)
     assert anything.decide(source, candidate) == (candidate, "accepted")
-    assert Answer(near, source, candidate).stretch_distances == [
-        levenshtein(removed, inserted) for _, removed, inserted in (p for p in pieces if p[0] == "edit")] == [1, 8]
+    assert Answer(near, source, candidate).stretch_distances == [1, 8]
+    assert near.decide("Les enfnats sont là.", "Les enfants sont là.") == ("Les enfants sont là.", "accepted")
 
 
 def test_a_misspelling_fixed_may_ask_for_a_smaller_margin_than_a_word_swapped(tokenizer, monkeypatch):
-    # Both edits gain 1 nat; "enfnt" is no French word, "allés" is one (the lexicon still tells
-    # them apart when its own check is off).
+    # "enfnt" → "enfants" gains 1 nat, "allés" → "allé" 0.5; "enfnt" is no French word, "allés"
+    # is one (the lexicon still tells them apart when its own check is off).
     monkeypatch.setattr(Guard, "log_probs", lambda self, s, responses: [
-        ("enfants" in r) + ("allé " in r) for r in responses])
+        1.0 * ("enfants" in r) + 0.5 * ("allé " in r) for r in responses])
     source = "Les enfnt sont allés à l'école."
     candidate = "Les enfants sont allé à l'école."
+    fixed = "Les enfants sont allés à l'école."
     guard = make_guard(tokenizer, max_edit_ratio=0.5, min_margin=2.0, lexicon=False, per_edit=True, nonword_margin=0.5)
     assert guard.nonword_edits(edit_pieces(source, candidate)) == {0}
-    assert guard.decide(source, candidate) == ("Les enfants sont allés à l'école.", "accepted")
-    # Judged whole, the lower margin applies only when every kept edit fixes a misspelling.
+    assert guard.decide(source, candidate) == (fixed, "accepted")
+    # Judged whole, the lower margin applies only when every kept edit fixes a misspelling:
+    # both edits together (1.5 nats) must reach the 2 nats asked of a swapped word.
     whole = make_guard(tokenizer, max_edit_ratio=0.5, min_margin=2.0, lexicon=False, nonword_margin=0.5)
-    assert whole.decide(source, candidate) == (candidate, "accepted")  # 2 nats, both edits
-    assert whole.decide(source, "Les enfants sont allés à l'école.") == ("Les enfants sont allés à l'école.", "accepted")
-    assert whole.decide("Les enfants sont allés à l'école.", "Les enfants sont allé à l'école.")[1] == "margin"
-    # Without a lexicon nothing can be called a misspelling.
+    assert whole.decide(source, candidate) == (source, "margin")
+    assert whole.decide(source, fixed) == (fixed, "accepted")
+    assert whole.decide(fixed, "Les enfants sont allé à l'école.") == (fixed, "margin")
+    # Without a lexicon nothing can be called a misspelling...
     assert Guard(guard.model, tokenizer, "short", GuardConfig(lexicon=False)).nonword_edits(
         edit_pieces(source, candidate)) == set()
+    # ...so a guard whose margin for misspellings is set loads the lexicon even when its own
+    # check is off, as tuning (which always has the lexicon) assumed.
+    monkeypatch.setattr("correcteur.augment.french_lexicon", lambda: LEXICON)
+    loaded = Guard(guard.model, tokenizer, "short", GuardConfig(0.5, 2.0, False, True, None, 0.5))
+    assert loaded.lexicon == LEXICON and loaded.decide(source, candidate) == (fixed, "accepted")
 
 
 def test_tuning_picks_the_best_setting_within_the_harm_budget(tokenizer, monkeypatch):
@@ -185,6 +203,32 @@ def test_tuning_picks_the_best_setting_within_the_harm_budget(tokenizer, monkeyp
     best = grid_row(grid, config)
     assert best["harm_rate"] == 0 and best["error_reduction"] == 1.0 and best["clean_preserved"] == 1.0
     # Whole, the long answer would score 3.0 and pass; by part, its harmful half is refused.
+
+
+def test_tuning_scores_every_text_the_grid_asks_for_in_one_batch(tokenizer, monkeypatch):
+    """Three near edits and a far one: whatever the stretch budget, the lexicon and whole-or-per-edit,
+    the grid never asks the model for a text it did not score up front."""
+    guard = make_guard(tokenizer)
+    calls = []
+
+    def log_probs(self, source, responses):
+        calls.append(len(responses))
+        return [2.0 * ("enfants" in r) + 1.0 * (" à " in r) - 1.0 * ("maison" in r) for r in responses]
+
+    monkeypatch.setattr(Guard, "log_probs", log_probs)
+    entry = {"input": "Les enfant sont allés a l'écoel.", "output": "Les enfants sont allés à l'école.",
+             "raw_response": "Les enfants sont allé à la maison.", "error_types": ["agreement"]}
+    answer = Answer(guard, entry["input"], entry["raw_response"])
+    assert answer.stretch_distances == [1, 1, 1, 8] and answer.known == {0, 2}
+    config, grid = tune_guard(guard, [entry], z=0.0)
+    # One batch, and no other: the source, each edit alone, and the answer under each stretch
+    # budget with and without the lexicon ({0, 1, 2} for a budget of 1 is none of the others).
+    assert len(calls) == 1 and calls[0] == 1 + 4 + 3
+    assert grid_row(grid, config)["error_reduction"] > 0 and grid_row(grid, config)["harm_rate"] == 0
+    with pytest.raises(UserError, match="no validation entries"):
+        tune_guard(guard, [])
+    with pytest.raises(UserError, match="no row for"):
+        grid_row(grid, GuardConfig(max_edit_ratio=0.123))
 
 
 def test_config_round_trip_next_to_a_checkpoint(tmp_path, tokenizer):

@@ -4,15 +4,18 @@ A small model fixes many errors and also invents some. Leaving text alone is alw
 correction is accepted only where three checks agree:
 
 1. the edit budget: the answer may not differ from the input by more than a share of its
-   characters (a rewritten sentence is a hallucination, not a correction), and each changed
-   stretch of words may change only a few characters of its own (a typo is fixed by a nearby
-   word; "projeg" → "poste" is a guess, and on validation such far edits were mostly wrong);
+   characters (a rewritten sentence is a hallucination, not a correction: it is refused
+   whole), and each changed stretch of words may be only a few typos away from what it
+   replaces (a typo is fixed by a nearby word; "projeg" → "poste" is a guess, and on
+   validation such far edits were mostly wrong): stretches over it are put back, the rest kept;
 2. the lexicon: each changed stretch of words may only introduce words French knows (or words
    already in the input); stretches that fail are put back as they were, the rest is kept;
 3. the model's own confidence: the corrected text must be more likely, under the model and
    its prompt, than the unchanged input, by a margin (in nats). With `per_edit`, each changed
    stretch is judged on its own (the input with only that stretch applied), so one bad edit
-   no longer costs the good ones beside it.
+   no longer costs the good ones beside it. A stretch that only replaces words the lexicon does
+   not know (a misspelling fixed) may be asked for a smaller margin (`nonword_margin`) than one
+   that swaps a French word for another.
 
 The thresholds are tuned on the validation split (`tune_guard`) and saved as `guard.json`
 next to the checkpoint; the test split never sees them change.
@@ -48,7 +51,7 @@ class GuardConfig:
     min_margin: float = 0.0  # log p(correction) - log p(input) the model must reach, in nats
     lexicon: bool = True  # undo changed stretches that bring in words outside the lexicon
     per_edit: bool = False  # the margin judges each changed stretch alone, not the whole answer
-    max_stretch_edits: int | None = None  # character edits allowed in one changed stretch (None: any)
+    max_stretch_edits: int | None = None  # typos (`typo_distance`) allowed in one changed stretch (None: any)
     nonword_margin: float | None = None  # the margin asked of edits that only fix words outside
     # the lexicon (a misspelling is safer to fix than a real word to swap); None: min_margin
 
@@ -82,6 +85,22 @@ def apply_edits(pieces: list[DiffPiece], accepted: set[int]) -> str:
     return "".join(text)
 
 
+def typo_distance(a: str, b: str) -> int:
+    """Edit distance where swapping two neighbouring characters costs 1, like the other slips of
+    a finger (optimal string alignment): "enfnats" is one typo away from "enfants", not two. On
+    validation, every edit of the model that was one such swap brought the text closer (34 of 34)."""
+    rows = [list(range(len(b) + 1))]
+    for i in range(1, len(a) + 1):
+        row = [i]
+        for j in range(1, len(b) + 1):
+            best = min(rows[-1][j] + 1, row[j - 1] + 1, rows[-1][j - 1] + (a[i - 1] != b[j - 1]))
+            if i > 1 and j > 1 and a[i - 1] == b[j - 2] and a[i - 2] == b[j - 1]:
+                best = min(best, rows[-2][j - 2] + 1)
+            row.append(best)
+        rows.append(row)
+    return rows[-1][-1]
+
+
 def edit_count(pieces: list[DiffPiece]) -> int:
     return sum(piece[0] == "edit" for piece in pieces)
 
@@ -95,7 +114,7 @@ class Guard:
         self.model, self.tokenizer, self.prompt_style = model, tokenizer, prompt_style
         self.input_prefix = input_prefix
         self.config = config or GuardConfig()
-        if lexicon is None and self.config.lexicon:
+        if lexicon is None and (self.config.lexicon or self.config.nonword_margin is not None):
             from correcteur.augment import french_lexicon
 
             lexicon = french_lexicon()
@@ -165,14 +184,14 @@ class Answer:
         self.known = guard.known_edits(source, self.pieces) if guard.lexicon else self.every
         self.nonword = guard.nonword_edits(self.pieces)
         self.distance = levenshtein(source, candidate)
-        self.stretch_distances = [levenshtein(piece[1], piece[2]) for piece in self.pieces if piece[0] == "edit"]
+        self.stretch_distances = [typo_distance(piece[1], piece[2]) for piece in self.pieces if piece[0] == "edit"]
         self._scores: dict[str, float] = {}
 
     def text(self, edits: set[int]) -> str:
         return apply_edits(self.pieces, edits)
 
     def near(self, edits: set[int], max_stretch_edits: int | None) -> set[int]:
-        """The edits that change at most `max_stretch_edits` characters of their stretch."""
+        """The edits that are at most `max_stretch_edits` typos away from their stretch."""
         if max_stretch_edits is None:
             return edits
         return {n for n in edits if self.stretch_distances[n] <= max_stretch_edits}
@@ -279,7 +298,11 @@ def tune_guard(guard: Guard, entries: list[dict], max_harm: float = 0.05, min_cl
     model time, and each distinct guarded answer is compared with its reference once. A guard tuned
     without a lexicon (`lexicon=False` and none given) treats every word as known. When no
     setting meets the targets, the one with the lowest harm rate (then the best error reduction) wins."""
-    settings = settings or guard_settings()
+    if not entries:
+        raise UserError("no validation entries to tune the guard on (an empty file, or --limit 0)")
+    settings = guard_settings() if settings is None else settings
+    if not settings:
+        raise ValueError("tune_guard needs at least one setting to try")
     max_ratio = max(c.max_edit_ratio for c in settings)
     stretch_edits = {c.max_stretch_edits for c in settings}
     answers = []  # for each entry, (Answer, gap) for each part it was answered in
@@ -357,7 +380,11 @@ def grid_row(grid: list[dict], config: GuardConfig) -> dict:
     """The row of `tune_guard`'s grid that holds `config`'s setting (a grid saved before a
     check existed lacks its key: the check was off, None)."""
     setting = dataclasses.asdict(config)
-    return next(r for r in grid if all(r.get(k) == v for k, v in setting.items()))
+    for row in grid:
+        if all(row.get(k) == v for k, v in setting.items()):
+            return row
+    raise UserError(f"the saved tuning grid has no row for {config}: tune the guard again "
+                    "(`python -m correcteur guard`)")
 
 
 def chosen_setting(checkpoint: str | Path) -> dict:
