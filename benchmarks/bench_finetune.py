@@ -16,14 +16,12 @@ import argparse
 import platform
 import re
 import tempfile
-from pathlib import Path
 
 import psutil
 import torch
+from quality_run import quality_data
 from results import command_line, write_section
 
-from correcteur.augment import AugmentConfig
-from correcteur.data import DataConfig, build_dataset
 from correcteur.train import (
     InstructionDataset,
     TrainConfig,
@@ -34,9 +32,6 @@ from correcteur.train import (
     train,
 )
 from correcteur.weights import load_base_model
-
-ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT / "data" / "quality" / "short-v4-seed123"  # the quality run's dataset
 
 
 def parse_setups(text: str) -> list[tuple[int, float]]:
@@ -71,17 +66,15 @@ def main() -> None:
     parser.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md alone")
     args = parser.parse_args()
     setups = parse_setups(args.setups)
-    if not (DATA / "manifest.json").exists():
-        build_dataset(DataConfig(source="embedded", out=str(DATA), seed=123, prompt_style="short",
-                                 augment=AugmentConfig(variants=4)))
-    val = load_split(DATA, "val")[:args.val_examples]
+    data = quality_data()  # the short prompt, 4 variants: the quality run's defaults
+    val = load_split(data, "val")[:args.val_examples]
     tokenizer = load_base_model(args.model)[1]
 
     rows = []
     with tempfile.TemporaryDirectory() as out:
         for rank, lr in setups:
             label = f"LoRA r{rank}" if rank else "full"
-            config = TrainConfig(model=args.model, data_dir=str(DATA), out_dir=out, run_name=f"{label}-{lr}",
+            config = TrainConfig(model=args.model, data_dir=str(data), out_dir=out, run_name=f"{label}-{lr}",
                                  prompt_style="short", lr=lr, batch_size=8, num_epochs=1, group_by_length=True,
                                  eval_freq=10**9, checkpoint_every=10**9, lora_rank=rank, lora_alpha=2.0 * rank,
                                  max_minutes=args.minutes)

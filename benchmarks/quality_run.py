@@ -28,6 +28,16 @@ from correcteur.train import TrainConfig, train
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def quality_data(prompt_style: str = "short", variants: int = 4) -> Path:
+    """The quality run's dataset (embedded corpus, seed 123), built on first use: one folder per
+    setting that shapes it, so a changed option never reuses stale data."""
+    data_dir = ROOT / "data" / "quality" / f"{prompt_style}-v{variants}-seed123"
+    if not (data_dir / "manifest.json").exists():
+        build_dataset(DataConfig(source="embedded", out=str(data_dir), seed=123, prompt_style=prompt_style,
+                                 augment=AugmentConfig(variants=variants)))
+    return data_dir
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="smollm2-135m")
@@ -47,14 +57,9 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     name = args.run_name or f"quality-{args.model}-{'lora' + str(args.lora_rank) if args.lora_rank else 'full'}"
-    # One dataset per setting that shapes it, so a changed option never reuses stale data.
-    data_dir = ROOT / "data" / "quality" / f"{args.prompt_style}-v{args.variants}-seed123"
     report_dir = ROOT / "runs" / name
     started = time.perf_counter()
-
-    if not (data_dir / "manifest.json").exists():
-        build_dataset(DataConfig(source="embedded", out=str(data_dir), seed=123, prompt_style=args.prompt_style,
-                                 augment=AugmentConfig(variants=args.variants)))
+    data_dir = quality_data(args.prompt_style, args.variants)
     manifest = json.loads((data_dir / "manifest.json").read_text(encoding="utf-8"))
 
     config = TrainConfig(model=args.model, data_dir=str(data_dir), out_dir=str(ROOT / "checkpoints"), run_name=name,

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import itertools
 import json
 import math
@@ -101,8 +102,9 @@ def typo_distance(a: str, b: str) -> int:
     return rows[-1][-1]
 
 
-def edit_count(pieces: list[DiffPiece]) -> int:
-    return sum(piece[0] == "edit" for piece in pieces)
+def edits_of(pieces: list[DiffPiece]) -> list[tuple[str, str, str]]:
+    """The edits among the pieces, in order: an edit's number is its index here."""
+    return [piece for piece in pieces if piece[0] == "edit"]
 
 
 class Guard:
@@ -136,16 +138,14 @@ class Guard:
     def known_edits(self, source: str, pieces: list[DiffPiece]) -> set[int]:
         """The edits that bring in only known words (a pure deletion brings in nothing)."""
         source_words = set(WORD.findall(source))
-        edits = [piece for piece in pieces if piece[0] == "edit"]
-        return {number for number, (_, _, inserted) in enumerate(edits)
+        return {number for number, (_, _, inserted) in enumerate(edits_of(pieces))
                 if all(self.is_known(word, source_words) for word in WORD.findall(inserted))}
 
     def nonword_edits(self, pieces: list[DiffPiece]) -> set[int]:
         """The edits that remove words, none of which the lexicon knows (none without a lexicon)."""
         if not self.lexicon:
             return set()
-        edits = [piece for piece in pieces if piece[0] == "edit"]
-        return {number for number, (_, removed, _) in enumerate(edits)
+        return {number for number, (_, removed, _) in enumerate(edits_of(pieces))
                 if WORD.search(removed) and not any(self.is_known(word, set()) for word in WORD.findall(removed))}
 
     @torch.no_grad()
@@ -180,12 +180,17 @@ class Answer:
     def __init__(self, guard: Guard, source: str, candidate: str):
         self.guard, self.source, self.candidate = guard, source, candidate
         self.pieces = edit_pieces(source, candidate)
-        self.every = set(range(edit_count(self.pieces)))
+        self.every = set(range(len(edits_of(self.pieces))))
         self.known = guard.known_edits(source, self.pieces) if guard.lexicon else self.every
         self.nonword = guard.nonword_edits(self.pieces)
         self.distance = levenshtein(source, candidate)
-        self.stretch_distances = [typo_distance(piece[1], piece[2]) for piece in self.pieces if piece[0] == "edit"]
         self._scores: dict[str, float] = {}
+
+    @functools.cached_property
+    def stretch_distances(self) -> list[int]:
+        """Typos between each edit's removed and inserted text: only asked for when a stretch
+        budget is set and the answer passed the others (a rewrite's long stretches never are)."""
+        return [typo_distance(removed, inserted) for _, removed, inserted in edits_of(self.pieces)]
 
     def text(self, edits: set[int]) -> str:
         return apply_edits(self.pieces, edits)
