@@ -4,17 +4,11 @@
     from previous_labs import calc_loss_loader, train_model_simple, plot_losses
 """
 
-from correcteur.data import format_input
+from correcteur.batches import InstructionDataset, custom_collate_fn
 from correcteur.generate import generate, text_to_token_ids, token_ids_to_text
 from correcteur.model import BASE_CONFIG, GPTModel, model_configs
-from correcteur.train import (
-    InstructionDataset,
-    calc_loss_batch,
-    calc_loss_loader,
-    custom_collate_fn,
-    plot_losses,
-    train_model_simple,
-)
+from correcteur.prompt import format_input
+from correcteur.train import calc_loss_batch, calc_loss_loader, plot_losses, train_model_simple
 from correcteur.weights import download_and_load_gpt2, load_weights_into_gpt
 
 __all__ = [

@@ -16,22 +16,31 @@ import argparse
 import platform
 import re
 import tempfile
+from pathlib import Path
 
 import psutil
 import torch
-from quality_run import quality_data
 from results import command_line, write_section
 
-from correcteur.train import (
-    InstructionDataset,
-    TrainConfig,
-    batch_order,
-    calc_loss_loader,
-    custom_collate_fn,
-    load_split,
-    train,
-)
+from correcteur.augment import AugmentConfig
+from correcteur.batches import InstructionDataset, batch_order, custom_collate_fn
+from correcteur.data import DataConfig, build_dataset
+from correcteur.files import PROJECT_ROOT
+from correcteur.pipeline import PROFILES
+from correcteur.train import TrainConfig, calc_loss_loader, load_split, train
 from correcteur.weights import load_base_model
+
+
+def quality_data() -> Path:
+    """The `quality` profile's dataset (embedded corpus, seed 123), built on first use into a
+    folder named by the settings that shape it, so a changed profile never reuses stale data."""
+    profile = PROFILES["quality"]
+    style, variants = profile.train["prompt_style"], profile.variants_per_sentence
+    data_dir = PROJECT_ROOT / "data" / "quality" / f"{style}-v{variants}-seed123"
+    if not (data_dir / "manifest.json").exists():
+        build_dataset(DataConfig(source=profile.data_source, out=str(data_dir), seed=123, prompt_style=style,
+                                 augment=AugmentConfig(variants=variants)))
+    return data_dir
 
 
 def parse_setups(text: str) -> list[tuple[int, float]]:
@@ -66,7 +75,7 @@ def main() -> None:
     parser.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md alone")
     args = parser.parse_args()
     setups = parse_setups(args.setups)
-    data = quality_data()  # the short prompt, 4 variants: the quality run's defaults
+    data = quality_data()
     val = load_split(data, "val")[:args.val_examples]
     tokenizer = load_base_model(args.model)[1]
 

@@ -22,8 +22,8 @@ import torch
 from results import write_section
 
 from correcteur.correct import Corrector
-from correcteur.data import correction_prompt
 from correcteur.model import GPTModel, gpt2_config
+from correcteur.prompt import correction_prompt
 from correcteur.tokenizer import get_tokenizer
 
 SENTENCE = ("Hier soir, les enfant de mes voisins sont aller jouer au parc malgré la pluie "

@@ -19,7 +19,7 @@ from results import write_section
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from correcteur.generate import generate
-from correcteur.model import GPTModel
+from correcteur.weights import gpt2_from_directory
 
 
 def best_time(fn, repeats: int) -> float:
@@ -57,7 +57,7 @@ def main() -> None:
     hf = GPT2LMHeadModel(hf_config)
     with tempfile.TemporaryDirectory() as folder:
         hf.save_pretrained(folder)
-        ours = GPTModel.from_pretrained(folder)
+        ours = gpt2_from_directory(folder)
     batch = torch.randint(0, hf_config.vocab_size, (args.batch, args.seq))
     tokens = args.batch * args.seq
 

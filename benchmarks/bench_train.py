@@ -38,8 +38,9 @@ import torch
 from results import write_section
 from transformers import GPT2Config, GPT2LMHeadModel
 
+from correcteur.batches import custom_collate_fn
 from correcteur.model import GPTModel, gpt2_config
-from correcteur.train import TrainState, custom_collate_fn, train_step
+from correcteur.train import TrainState, train_step
 
 IGNORE = -100
 # Dense bf16 tensor-core peaks (TFLOP/s) of the GPUs people are likely to run this on.

@@ -28,7 +28,7 @@ from correcteur.checkpoint import (
 )
 from correcteur.errors import UserError
 from correcteur.generate import generate
-from correcteur.train import TrainState, train
+from correcteur.train import train
 
 
 def test_a_failed_save_leaves_the_previous_checkpoint_intact(tmp_path):
@@ -176,7 +176,7 @@ def test_load_for_inference_rebuilds_the_best_model(trained_run):
 def test_load_for_inference_finds_the_tokenizer_by_name(tmp_path, tiny_gpt):
     meta = {"model_cfg": tiny_gpt.cfg, "family": "gpt2", "model_name": "tiny-gpt2",
             "tokenizer": "gpt2", "prompt_style": "alpaca"}
-    save_checkpoint(tmp_path / "best.pt", inference_state(tiny_gpt, meta, TrainState()))
+    save_checkpoint(tmp_path / "best.pt", inference_state(tiny_gpt, meta, step=0, val_loss=float("inf")))
     model, tok, _ = load_for_inference(tmp_path)
     assert tok.name == "gpt2" and tok.decode(tok.encode("déjà")) == "déjà"
     assert torch.equal(model.tok_emb.weight, tiny_gpt.tok_emb.weight)
@@ -258,15 +258,13 @@ def test_lora_adapters_alone_rebuild_the_fine_tuned_model(tmp_path, tokenizer):
 
 
 def test_adapters_rebuild_their_base_from_the_recorded_folder_or_the_default(tmp_path, monkeypatch):
-    from correcteur import weights
-
     asked = []
 
     def load_base_model(name, models_dir="checkpoints", **kwargs):
         asked.append(models_dir)
         raise RuntimeError("stop here")
 
-    monkeypatch.setattr(weights, "load_base_model", load_base_model)
+    monkeypatch.setattr(checkpoint, "load_base_model", load_base_model)
     payload = {"base_model": {"name": "smollm2-135m", "allow_scratch": False, "seed": 1, "models_dir": str(tmp_path)}}
     for models_dir in (str(tmp_path), str(tmp_path / "moved-away")):
         payload["base_model"]["models_dir"] = models_dir

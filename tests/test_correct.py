@@ -8,12 +8,13 @@ import sys
 import pytest
 import torch
 
-from correcteur import checkpoint
+from correcteur import correct
 from correcteur.cli import main
-from correcteur.correct import Corrector, diff_words, format_diff, split_sentences
+from correcteur.correct import Corrector, split_sentences
 from correcteur.errors import UserError
 from correcteur.guard import Guard, GuardConfig, save_guard_config
 from correcteur.model import GPTModel
+from correcteur.textdiff import diff_words, format_diff
 
 EOT = 256
 
@@ -193,7 +194,7 @@ def test_guard_sees_each_piece_and_decides():
 def test_from_checkpoint_reads_the_run_and_its_tuned_guard(monkeypatch, tmp_path, guard):
     model = ScriptedModel({"Il a manger.": "Il a mangé."})
     meta = {"prompt_style": "short", "model_name": "tiny-run"}
-    monkeypatch.setattr(checkpoint, "load_for_inference", lambda path: (model, ByteTokenizer(), meta))
+    monkeypatch.setattr(correct, "load_for_inference", lambda path: (model, ByteTokenizer(), meta))
     save_guard_config(GuardConfig(max_edit_ratio=0.5, lexicon=False), tmp_path)
     corrector = Corrector.from_checkpoint(tmp_path, device="cpu", guard=guard)
     assert (corrector.prompt_style, corrector.name, corrector.model) == ("short", "tiny-run", model)
@@ -304,7 +305,6 @@ def test_cli_missing_checkpoint(tmp_path, capsys):
 
 def test_the_training_input_prefix_is_put_back_in_the_prompt():
     """A model trained on "grammaire: ..." inputs is asked the same way when correcting."""
-    corrector = scripted({"Il a manger.": "Il a mangé."})
-    corrector.input_prefix = "grammaire: "
+    corrector = scripted({"Il a manger.": "Il a mangé."}, input_prefix="grammaire: ")
     assert "\ngrammaire: Il a manger." in corrector._encode("Il a manger.").prompt
     assert corrector.correct("Il a manger.") == "Il a mangé."

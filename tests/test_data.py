@@ -11,20 +11,22 @@ from correcteur import data
 from correcteur.augment import AugmentConfig
 from correcteur.cli import main
 from correcteur.data import (
-    RESPONSE_HEADER,
     DataConfig,
     Record,
     build_dataset,
-    build_prompt,
     clean_records,
-    extract_response,
-    format_input,
-    format_response_prefix,
     load_file,
     load_hf,
     normalize_text,
 )
 from correcteur.errors import UserError
+from correcteur.prompt import (
+    RESPONSE_HEADER,
+    build_prompt,
+    extract_response,
+    format_input,
+    format_response_prefix,
+)
 
 ENTRY = {"instruction": "Corrigez le texte suivant.", "input": "J'ai bin mangé."}
 SUBJECTS = ["Je", "Tu", "Elle", "On", "Nous", "Vous"]
@@ -249,7 +251,9 @@ def test_failed_build_leaves_no_complete_looking_output(config, tmp_path, monkey
 
 def test_input_prefix_and_over_long_pairs(config, tmp_path):
     built = build(config, input_prefix="grammaire: ", write=False)
-    assert all(e["input"].startswith("grammaire: ") for part in built.splits.values() for e in part)
+    # Recorded once, in the manifest; the entries never carry it (the prompt adds it).
+    assert built.manifest["config"]["input_prefix"] == "grammaire: "
+    assert not any(e["input"].startswith("grammaire") for part in built.splits.values() for e in part)
     longest = max(word_count(build_prompt({"instruction": data.INSTRUCTION, "input": e["output"]}))
                   + word_count(e["output"]) for e in built.splits["train"])
     built = build(config, max_tokens=longest - 1, write=False)

@@ -10,7 +10,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 import torch
 
-from correcteur import weights
+from correcteur import fetch, weights
 from correcteur.cli import main
 from correcteur.errors import UserError
 from correcteur.generate import generate
@@ -123,7 +123,7 @@ def test_broken_connection_keeps_the_part_for_next_time(hub, tmp_path):
     target = tmp_path / "124M"
     assert not (target / "model.safetensors").exists()
     kept = (target / "model.safetensors.part").stat().st_size
-    assert 300_000 - weights.CHUNK_SIZE < kept <= 300_000  # at most the last chunk is lost
+    assert 300_000 - fetch.CHUNK_SIZE < kept <= 300_000  # at most the last chunk is lost
 
     hub.cut_after = None
     weights.download_gpt2("124M", tmp_path, endpoint=hub.url)

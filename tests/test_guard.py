@@ -5,25 +5,19 @@ import json
 import pytest
 import torch
 
-from correcteur.data import build_prompt
 from correcteur.errors import UserError
 from correcteur.guard import (
     Answer,
     Guard,
     GuardConfig,
-    apply_edits,
-    edit_pieces,
-    grid_row,
     guard_for_checkpoint,
-    guard_settings,
     load_guard_config,
     save_guard_config,
-    tune_guard,
-    typo_distance,
-    wilson_bounds,
 )
-from correcteur.metrics import levenshtein
+from correcteur.guard_tuning import grid_row, guard_settings, tune_guard, wilson_bounds
 from correcteur.model import GPTModel
+from correcteur.prompt import build_prompt
+from correcteur.textdiff import apply_edits, edit_pieces, levenshtein, typo_distance
 
 LEXICON = frozenset({"les", "enfants", "sont", "allés", "à", "école", "l", "il", "faut", "que", "tu", "viennes", "viens", "vienne"})
 TINY = {"vocab_size": 50257, "context_length": 128, "emb_dim": 32, "n_heads": 2, "n_layers": 1,
@@ -163,7 +157,7 @@ def test_a_misspelling_fixed_may_ask_for_a_smaller_margin_than_a_word_swapped(to
         edit_pieces(source, candidate)) == set()
     # ...so a guard whose margin for misspellings is set loads the lexicon even when its own
     # check is off, as tuning (which always has the lexicon) assumed.
-    monkeypatch.setattr("correcteur.augment.french_lexicon", lambda: LEXICON)
+    monkeypatch.setattr("correcteur.guard.french_lexicon", lambda: LEXICON)
     loaded = Guard(guard.model, tokenizer, "short", GuardConfig(0.5, 2.0, False, True, None, 0.5))
     assert loaded.lexicon == LEXICON and loaded.decide(source, candidate) == (fixed, "accepted")
 

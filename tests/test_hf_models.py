@@ -15,7 +15,7 @@ from test_llama import FRENCH, tiny_hf
 from test_train import PAIRS, single_thread, tiny_config, write_data  # noqa: F401 - autouse fixture
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from correcteur import weights
+from correcteur import fetch, weights
 from correcteur.checkpoint import load_for_inference
 from correcteur.cli import main
 from correcteur.errors import UserError
@@ -190,7 +190,7 @@ def test_hub_name_downloads_then_loads_offline(hub, qwen_dir, tmp_path):
 
 
 def test_unreachable_hub_says_how_to_fetch_by_hand(tmp_path, monkeypatch):
-    monkeypatch.setenv(weights.ENDPOINT_ENV, unused_url())
+    monkeypatch.setenv(fetch.ENDPOINT_ENV, unused_url())
     with pytest.raises(UserError) as error:
         weights.load_base_model("smollm2-360m", models_dir=tmp_path)
     message = str(error.value)

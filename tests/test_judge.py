@@ -21,11 +21,11 @@ from correcteur.judge import (
 FAST = {"timeout": 0.2, "retries": 1, "backoff": 0.0}  # every failing call ends within ~0.5 s
 
 ENTRIES = [
-    {"instruction": "Corrigez le texte suivant.", "input": "grammaire: Il a mangé une pome.",
+    {"instruction": "Corrigez le texte suivant.", "input": "Il a mangé une pome.",
      "output": "Il a mangé une pomme.", "model_response": "Il a mangé une pomme."},
-    {"instruction": "Corrigez le texte suivant.", "input": "grammaire: Nous somme contents.",
+    {"instruction": "Corrigez le texte suivant.", "input": "Nous somme contents.",
      "output": "Nous sommes contents.", "model_response": "Nous somme content."},
-    {"instruction": "Corrigez le texte suivant.", "input": "grammaire: Ces une bonne idée.",
+    {"instruction": "Corrigez le texte suivant.", "input": "Ces une bonne idée.",
      "output": "C'est une bonne idée.", "model_response": "C'est une bonne idée."},
 ]
 
@@ -120,7 +120,7 @@ def test_unparsable_answer_is_asked_again_strictly():
     assert scores == [90]
     first, second = (prompt_of(b) for b in server.chat_requests)
     assert second.startswith(first) and "single integer" in second[len(first):]
-    assert "«Il a mangé une pome.»" in first  # the prefix is stripped before judging
+    assert "«Il a mangé une pome.»" in first
 
 
 def test_always_unparsable_is_reported_not_dropped():

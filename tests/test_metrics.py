@@ -14,32 +14,30 @@ from correcteur.metrics import (
     SCORE_KEYS,
     Edit,
     format_table,
-    levenshtein,
     plot_error_types,
     score_entries,
     word_edits,
     words,
 )
-
-PREFIX = "grammaire: "
+from correcteur.textdiff import levenshtein
 
 # Four entries whose scores are computed by hand below.
 ENTRIES = [
     # E1: one missing letter, fixed. lev(input, ref) = 1, lev(response, ref) = 0; ref = 21 chars.
     # Words: Il a mangé une pome . -> reference edit (4, 5, pomme), the response makes it too.
-    {"input": PREFIX + "Il a mangé une pome.", "output": "Il a mangé une pomme.",
+    {"input": "Il a mangé une pome.", "output": "Il a mangé une pomme.",
      "model_response": "Il a mangé une pomme.", "error_types": ["spelling"]},
     # E2: enfant->enfants (1), aller->allés (2 substitutions), a->à (1): lev(input, ref) = 4;
     # the response leaves "aller": lev(response, ref) = 2; ref = 33 chars.
     # Reference edits: (1,2,enfants) (3,4,allés) (4,5,à); response edits: (1,2,enfants) (4,5,à).
-    {"input": PREFIX + "Les enfant sont aller a l'école.", "output": "Les enfants sont allés à l'école.",
+    {"input": "Les enfant sont aller a l'école.", "output": "Les enfants sont allés à l'école.",
      "model_response": "Les enfants sont aller à l'école.", "error_types": ["agreement", "accent"]},
     # E3: a clean sentence the response breaks: lev(input, ref) = 0, lev(response, ref) = 1;
     # ref = 13 chars; one proposed edit (1, 2, fais), none wanted.
-    {"input": PREFIX + "Il fait beau.", "output": "Il fait beau.", "model_response": "Il fais beau.",
+    {"input": "Il fait beau.", "output": "Il fait beau.", "model_response": "Il fais beau.",
      "error_types": []},
     # E4: a clean sentence left alone; ref = 15 chars.
-    {"input": PREFIX + "Merci beaucoup.", "output": "Merci beaucoup.",
+    {"input": "Merci beaucoup.", "output": "Merci beaucoup.",
      "model_response": "Merci beaucoup.", "error_types": []},
 ]
 
@@ -75,7 +73,7 @@ def test_per_error_type_breakdown():
 
 
 def test_copy_predictions_do_nothing():
-    scores = score_entries(copy_baseline(ENTRIES, PREFIX))
+    scores = score_entries(copy_baseline(ENTRIES))
     assert scores["error_reduction"] == 0.0
     assert scores["harm_rate"] == 0.0
     assert scores["clean_preserved"] == 1.0
@@ -95,7 +93,7 @@ def test_reference_predictions_are_perfect():
 def test_worse_response_gives_negative_reduction_and_harm():
     # lev(input, ref) = 1 (pome); the response adds Il->Ils (1) and mange->mangent (2) and
     # leaves pome (1): lev(response, ref) = 4
-    entry = {"input": PREFIX + "Il mange une pome.", "output": "Il mange une pomme.",
+    entry = {"input": "Il mange une pome.", "output": "Il mange une pomme.",
              "model_response": "Ils mangent une pome."}
     scores = score_entries([entry])
     assert scores["error_reduction"] == 1 - 4 / 1
@@ -104,9 +102,9 @@ def test_worse_response_gives_negative_reduction_and_harm():
     assert "per_error_type" not in scores
 
 
-def test_unicode_is_normalised_and_prefix_stripped():
+def test_unicode_is_normalised():
     decomposed = "Il a e\u0301te\u0301 la\u0300."  # "Il a été là." with combining accents
-    entry = {"input": PREFIX + decomposed, "output": "Il a été là.", "model_response": " Il a été là.\n"}
+    entry = {"input": decomposed, "output": "Il a été là.", "model_response": " Il a été là.\n"}
     scores = score_entries([entry])
     assert (scores["n_clean"], scores["exact_match"], scores["clean_preserved"]) == (1, 1.0, 1.0)
     assert scores["error_reduction"] is None  # no erroneous entry: undefined, not a crash
@@ -154,7 +152,7 @@ def test_word_edits_rebuild_the_target():
 
 def test_table_and_figure(tmp_path):
     scores = score_entries(ENTRIES)
-    copy = score_entries(copy_baseline(ENTRIES, PREFIX))
+    copy = score_entries(copy_baseline(ENTRIES))
     table = format_table(scores, {"copy": copy})
     assert "error_reduction  0.600  0.000" in table
     assert "accent      1  0.500  0.000" in table

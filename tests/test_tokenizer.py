@@ -11,7 +11,7 @@ import pytest
 import requests
 import tiktoken
 
-from correcteur import files
+from correcteur import fetch
 from correcteur import tokenizer as tok
 from correcteur.errors import UserError
 
@@ -103,14 +103,14 @@ def fake_pip_sdist(member_bytes: bytes):
 
 
 def test_ranks_file_is_taken_from_the_whisper_sdist(offline, ranks_bytes, monkeypatch):
-    monkeypatch.setattr(files.subprocess, "run", fake_pip_sdist(ranks_bytes))
+    monkeypatch.setattr(fetch.subprocess, "run", fake_pip_sdist(ranks_bytes))
     encoding = tok.get_tokenizer()
     assert offline.read_bytes() == ranks_bytes
     assert encoding.encode("J'ai bien mangé ce midi.") == FRENCH_IDS["J'ai bien mangé ce midi."]
 
 
 def test_a_wrong_file_in_the_sdist_is_not_kept(offline, ranks_bytes, monkeypatch):
-    monkeypatch.setattr(files.subprocess, "run", fake_pip_sdist(ranks_bytes[:-10]))
+    monkeypatch.setattr(fetch.subprocess, "run", fake_pip_sdist(ranks_bytes[:-10]))
     with pytest.raises(UserError, match="not the expected file"):
         tok.get_tokenizer()
     assert list(offline.parent.iterdir()) == []

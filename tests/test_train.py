@@ -11,20 +11,11 @@ import pytest
 import torch
 
 from correcteur import cli
-from correcteur.data import build_prompt
+from correcteur.batches import InstructionDataset, batch_order, custom_collate_fn
 from correcteur.errors import UserError
 from correcteur.model import GPTModel
-from correcteur.train import (
-    InstructionDataset,
-    TrainConfig,
-    add_train_arguments,
-    batch_order,
-    calc_loss_loader,
-    custom_collate_fn,
-    plot_losses,
-    resumed_config,
-    train,
-)
+from correcteur.prompt import build_prompt
+from correcteur.train import TrainConfig, calc_loss_loader, plot_losses, resumed_config, train
 
 PAD = 50256
 
@@ -225,14 +216,15 @@ def test_plot_losses_saves_a_png(tmp_path):
 
 def test_every_train_option_has_help():
     parser = argparse.ArgumentParser()
-    add_train_arguments(parser)
+    cli.add_train(parser)
     options = [a for a in parser._actions if a.option_strings and a.dest != "help"]
     assert len(options) == len(dataclasses.fields(TrainConfig)) + 1  # + --resume
-    assert all(a.help for a in options)
+    assert all(a.help and "(default: " in a.help for a in options if a.dest != "resume")
     args = parser.parse_args(["--model", "gpt2", "--data", "d", "--out", "o", "--no-mask-instruction",
                               "--max-steps", "3"])
     assert (args.model, args.data_dir, args.out_dir, args.mask_instruction, args.max_steps) == (
         "gpt2", "d", "o", False, 3)
+    assert not hasattr(args, "lr")  # not given: `--resume` must tell it from an explicit --lr
 
 
 def test_missing_or_malformed_data_is_a_user_error(tmp_path, capsys):
@@ -246,13 +238,35 @@ def test_missing_or_malformed_data_is_a_user_error(tmp_path, capsys):
         train(tiny_config(tmp_path, data_dir=str(tmp_path / "bad")), model=tiny_model(), tokenizer=CharTokenizer())
 
 
-def test_resume_takes_the_settings_left_at_their_defaults_from_the_run(tmp_path):
+def test_resume_takes_the_settings_not_given_from_the_run(tmp_path):
     from correcteur.files import write_json
 
     first = tiny_config(tmp_path, lr=1e-3, batch_size=4)
     write_json(first.run_dir / "config.json", dataclasses.asdict(first))
-    given = TrainConfig(model="tiny", out_dir=first.out_dir, max_steps=9)  # `--resume --max-steps 9`
+    given = {"model": "tiny", "out_dir": first.out_dir, "max_steps": 9}  # `--resume --max-steps 9`
     assert resumed_config(given) == dataclasses.replace(first, max_steps=9)
+    # An option given explicitly is applied even when it equals the default (5e-5), never
+    # silently replaced by the saved value; train() then refuses it (see test_checkpoint).
+    assert resumed_config({**given, "lr": 5e-5}).lr == 5e-5
+
+
+def test_resume_refuses_an_explicit_option_that_would_change_the_run(tmp_path, capsys):
+    data = tmp_path / "data"
+    data.mkdir()
+    entries = [{"instruction": "Corrigez le texte suivant.", "input": f"Il a manger {i}.", "output": f"Il a mangé {i}."}
+               for i in range(6)]
+    for split in ("train", "val"):
+        (data / f"{split}.json").write_text(json.dumps(entries), encoding="utf-8")
+    common = ["train", "--model", "gpt2-tiny", "--allow-scratch", "--data", str(data), "--out", str(tmp_path / "runs"),
+              "--prompt-style", "short", "--batch-size", "2", "--eval-freq", "2", "--eval-iter", "1"]
+    assert cli.main([*common, "--max-steps", "2", "--lr", "1e-3"]) == 0
+    assert cli.main(["train", "--model", "gpt2-tiny", "--out", str(tmp_path / "runs"), "--resume",
+                     "--lr", "5e-5"]) == 2  # the default learning rate, given explicitly: refused
+    assert "lr: 0.001 in the checkpoint, 5e-05 now" in capsys.readouterr().err
+    assert cli.main(["train", "--model", "gpt2-tiny", "--out", str(tmp_path / "runs"), "--resume",
+                     "--max-steps", "3"]) == 0  # a budget may change: applied
+    summary = json.loads((tmp_path / "runs" / "gpt2-tiny" / "summary.json").read_text(encoding="utf-8"))
+    assert summary["steps"] == 3
 
 
 @pytest.mark.parametrize("setting", [{"lr": 0.0}, {"batch_size": 0}, {"lora_rank": -1}, {"eval_freq": -5}])

@@ -14,6 +14,7 @@ from correcteur.generate import generate
 from correcteur.model import GPTModel
 from correcteur.weights import (
     config_from_settings,
+    gpt2_from_directory,
     load_base_model,
     load_hf_directory,
     load_weights_into_gpt,
@@ -51,7 +52,7 @@ def assert_same_weights(a: GPTModel, b: GPTModel) -> None:
 
 
 def test_from_pretrained_is_hugging_face_gpt2(hf_gpt2_dir, hf_model, tokenizer):
-    ours = GPTModel.from_pretrained(hf_gpt2_dir)
+    ours = gpt2_from_directory(hf_gpt2_dir)
     diff = assert_same_model(ours, hf_model, tokenizer)
     print(f"max abs logit difference: {diff:.2e}")
     assert ours.out_head.weight is ours.tok_emb.weight
@@ -63,7 +64,7 @@ def test_course_route_settings_params_load(hf_gpt2_dir):
     assert params["blocks"][1]["attn"]["c_attn"]["w"].shape == (64, 192)  # Conv1D: (in, 3 * out)
     gpt = GPTModel(config_from_settings(settings))
     load_weights_into_gpt(gpt, params)
-    assert_same_weights(gpt, GPTModel.from_pretrained(hf_gpt2_dir))
+    assert_same_weights(gpt, gpt2_from_directory(hf_gpt2_dir))
 
 
 def test_hub_key_names_and_mask_buffers_are_read(hf_gpt2_dir, tmp_path):
@@ -73,7 +74,7 @@ def test_hub_key_names_and_mask_buffers_are_read(hf_gpt2_dir, tmp_path):
     state |= {f"h.{i}.attn.bias": torch.ones(1, 1, 128, 128).tril() for i in range(2)}
     safetensors.torch.save_file(state, tmp_path / "model.safetensors")
     shutil.copy(hf_gpt2_dir / "config.json", tmp_path)
-    assert_same_weights(GPTModel.from_pretrained(tmp_path), GPTModel.from_pretrained(hf_gpt2_dir))
+    assert_same_weights(gpt2_from_directory(tmp_path), gpt2_from_directory(hf_gpt2_dir))
 
 
 def test_mismatched_checkpoint_names_keys_and_shapes(hf_gpt2_dir):
@@ -107,7 +108,7 @@ def test_base_model_from_placed_files_needs_no_network(hf_gpt2_dir, tmp_path):
     model, model_tokenizer, info = load_base_model("gpt2", models_dir=tmp_path)
     assert info["pretrained"] and info["name"] == "gpt2-small"
     assert model_tokenizer.n_vocab == 50257
-    assert_same_weights(model, GPTModel.from_pretrained(hf_gpt2_dir))
+    assert_same_weights(model, gpt2_from_directory(hf_gpt2_dir))
 
 
 def test_scratch_model_only_on_request():

@@ -6,7 +6,6 @@ the worker only puts its result on a queue and the Tk thread polls that queue wi
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import queue
 import threading
@@ -16,8 +15,8 @@ from collections.abc import Callable
 from tkinter import font as tkfont
 from tkinter import ttk
 
-from correcteur.correct import Corrector, diff_words
 from correcteur.errors import UserError
+from correcteur.textdiff import diff_words
 
 POLL_MS = 50
 COLORS = {"delete": "#b3261e", "delete_bg": "#fbe5e3", "insert": "#146c2e", "insert_bg": "#dcf3e2",
@@ -214,15 +213,6 @@ def open_window() -> tk.Tk:
         ) from None
 
 
-def add_app_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", required=True,
-                        help="a training run's folder (checkpoints/<run>/) or its best.pt")
-    parser.add_argument("--device", default=None,
-                        help="torch device (cpu, cuda ...); unset: cuda when available")
-    parser.add_argument("--no-guard", action="store_true",
-                        help="show the model's answers as they are, without the guard's checks")
-
-
 def launch(corrector=None, load=None) -> None:
     """Open the window and run it until it is closed: on `corrector`, or on the one that
     `load()` returns (called in the background, so the window shows while a model loads)."""
@@ -230,8 +220,3 @@ def launch(corrector=None, load=None) -> None:
     if load is not None:
         app.load(load)
     app.root.mainloop()
-
-
-def run_app(args: argparse.Namespace) -> int:
-    launch(load=lambda: Corrector.from_checkpoint(args.checkpoint, device=args.device, guard=not args.no_guard))
-    return 0

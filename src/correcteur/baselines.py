@@ -1,16 +1,16 @@
 """What every model is compared with: returning the input unchanged, and Grammalecte.
 
 Grammalecte (the French open-source grammar checker) ships as Debian's `python3-grammalecte`,
-installed into the system Python's dist-packages. A virtual environment reaches it through a
-temporary folder on `sys.path` that links to that one package, so nothing else of the system
-Python leaks in.
+installed into the system Python's dist-packages. A virtual environment imports that one package
+from its folder (its imports are all relative), without putting the system's dist-packages on
+`sys.path`, so nothing else of the system Python leaks in.
 """
 
 from __future__ import annotations
 
 import functools
+import importlib.util
 import sys
-import tempfile
 from pathlib import Path
 
 SYSTEM_PACKAGES = [Path("/usr/lib/python3/dist-packages"), Path("/usr/share/grammalecte")]
@@ -21,27 +21,40 @@ SYSTEM_PACKAGES = [Path("/usr/lib/python3/dist-packages"), Path("/usr/share/gram
 TYPOGRAPHIC_OPTIONS = ("apos", "nbsp", "unit", "esp", "typo")
 
 
-def copy_baseline(entries: list[dict], prefix: str = "") -> list[dict]:
+def copy_baseline(entries: list[dict]) -> list[dict]:
     """The do-nothing corrector: each entry answered with its own input."""
-    return [{**e, "model_response": e["input"].removeprefix(prefix)} for e in entries]
+    return [{**e, "model_response": e["input"]} for e in entries]
+
+
+def import_grammalecte():
+    """The `grammalecte` package: importable as it is (pip), or Debian's, loaded from its folder."""
+    try:
+        import grammalecte
+    except ImportError:
+        pass
+    else:
+        return grammalecte
+    folder = next((f / "grammalecte" for f in SYSTEM_PACKAGES if (f / "grammalecte" / "__init__.py").is_file()), None)
+    if folder is None:
+        return None
+    spec = importlib.util.spec_from_file_location("grammalecte", folder / "__init__.py",
+                                                  submodule_search_locations=[str(folder)])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["grammalecte"] = module  # before running it: its submodules import it by name
+    try:
+        spec.loader.exec_module(module)
+    except Exception:  # a broken install counts as none
+        del sys.modules["grammalecte"]
+        return None
+    return module
 
 
 @functools.cache
 def grammalecte_checker():
     """A Grammalecte checker with typographic rules off, or None when it isn't installed."""
-    try:
-        import grammalecte
-    except ImportError:
-        for folder in SYSTEM_PACKAGES:
-            if (folder / "grammalecte").is_dir():
-                link_dir = Path(tempfile.mkdtemp(prefix="correcteur-grammalecte-"))
-                (link_dir / "grammalecte").symlink_to(folder / "grammalecte")
-                sys.path.append(str(link_dir))
-                break
-        try:
-            import grammalecte
-        except ImportError:
-            return None
+    grammalecte = import_grammalecte()
+    if grammalecte is None:
+        return None
     checker = grammalecte.GrammarChecker("fr")
     for option in TYPOGRAPHIC_OPTIONS:
         checker.gce.setOption(option, False)

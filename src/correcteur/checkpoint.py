@@ -9,7 +9,10 @@ A run directory holds two kinds of `.pt` files, both plain `torch.save` dictiona
   early-stopping counters, the config, and the epoch's batch order (to notice changed data).
 - `best.pt` (`kind: "inference"`): the best weights (LoRA merged in) with what it takes to
   rebuild the model and its prompt: model config, family, model name, tokenizer name,
-  prompt style. `export_half` writes the same in bf16/fp16, half the size.
+  prompt style, input prefix. `export_half` writes the same in bf16/fp16, half the size.
+
+The functions here take and return plain dictionaries (the training loop's state and config as
+`dataclasses.asdict` gives them), so this module knows nothing of the loop that fills them.
 
 Every file is written to a temporary file in the same folder and renamed over the old one
 (`os.replace` is atomic), so a crash mid-write leaves the previous checkpoint intact.
@@ -18,7 +21,6 @@ Every file is written to a temporary file in the same folder and renamed over th
 from __future__ import annotations
 
 import copy
-import dataclasses
 import random
 from pathlib import Path
 
@@ -26,6 +28,11 @@ import torch
 
 from correcteur.errors import UserError
 from correcteur.files import atomic_write
+from correcteur.llama import LlamaModel
+from correcteur.lora import apply_lora, load_lora_state_dict, lora_state_dict, merge_lora
+from correcteur.model import GPTModel
+from correcteur.tokenizer import get_tokenizer
+from correcteur.weights import load_base_model
 
 FORMAT_VERSION = 1
 HALF_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -54,30 +61,25 @@ def load_checkpoint(path: str | Path) -> dict:
 # ----------------------------------------------------------------------------- resumable state
 
 
-def training_state(model, optimizer, scheduler, state, config, meta: dict, data_order: list) -> dict:
-    """The payload of last.pt; `state` is train.TrainState, `config` train.TrainConfig."""
-    if config.lora_rank:
-        from correcteur.lora import lora_state_dict
-
-        weights = lora_state_dict(model)
-    else:
-        weights = model.state_dict()
+def training_state(model, optimizer, scheduler, state: dict, config: dict, meta: dict,
+                   data_order: list) -> dict:
+    """The payload of last.pt: the loop's `state` and `config` (plain dicts) with everything
+    that is not plain data (weights, optimizer, scheduler, random number generators)."""
+    weights = lora_state_dict(model) if config["lora_rank"] else model.state_dict()
     rng = {"python": random.getstate(), "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         rng["cuda"] = torch.cuda.get_rng_state_all()
     return {
-        "format_version": FORMAT_VERSION, "kind": "resume", "lora": bool(config.lora_rank),
+        "format_version": FORMAT_VERSION, "kind": "resume", "lora": bool(config["lora_rank"]),
         "model": weights, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-        "state": dataclasses.asdict(state), "rng": rng, "config": dataclasses.asdict(config),
+        "state": state, "rng": rng, "config": config,
         "meta": meta, "data_order": data_order,
     }
 
 
-def restore_training(saved: dict, model, optimizer, scheduler, path: Path, data_order: list):
+def restore_training(saved: dict, model, optimizer, scheduler, path: Path, data_order: list) -> dict:
     """Load last.pt's payload into a freshly built model, optimizer and scheduler; put the RNGs
-    back; return the train.TrainState to continue from."""
-    from correcteur.train import TrainState
-
+    back; return the loop's state (a dict) to continue from."""
     if saved.get("kind") != "resume":
         raise UserError(f"{path} is not a resumable checkpoint; resume from a run's last.pt")
     if saved["meta"]["model_cfg"] != model.cfg:
@@ -93,13 +95,11 @@ def restore_training(saved: dict, model, optimizer, scheduler, path: Path, data_
     torch.set_rng_state(saved["rng"]["torch"])
     if "cuda" in saved["rng"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(saved["rng"]["cuda"])
-    return TrainState(**saved["state"])
+    return saved["state"]
 
 
 def _load_weights(model, weights: dict, lora: bool, path: Path) -> None:
     if lora:
-        from correcteur.lora import load_lora_state_dict
-
         load_lora_state_dict(model, weights)
         return
     try:
@@ -112,36 +112,29 @@ def _load_weights(model, weights: dict, lora: bool, path: Path) -> None:
 # ----------------------------------------------------------------------------- inference
 
 
-def inference_state(model, meta: dict, state, lora: bool = False) -> dict:
+def inference_state(model, meta: dict, step: int, val_loss: float, lora: bool = False) -> dict:
     """The payload of best.pt: full weights, LoRA merged into a copy so training goes on."""
     if lora:
-        from correcteur.lora import merge_lora
-
         model = merge_lora(copy.deepcopy(model))
     weights = _cpu_state_dict(model)
     return {"format_version": FORMAT_VERSION, "kind": "inference", "model": weights,
             "dtype": str(next(iter(weights.values())).dtype).removeprefix("torch."),
-            "step": state.step, "val_loss": state.best_val_loss, **meta}
+            "step": step, "val_loss": val_loss, **meta}
 
 
-def adapters_state(model, meta: dict, state, config) -> dict:
+def adapters_state(model, meta: dict, step: int, val_loss: float, config: dict) -> dict:
     """The payload of adapters.pt: the LoRA weights alone (a few MB instead of the whole
     model) and what it takes to rebuild the base model around them (`load_for_inference`)."""
-    from correcteur.lora import lora_state_dict
-
     return {"format_version": FORMAT_VERSION, "kind": "adapters",
             "adapters": {k: v.detach().cpu() for k, v in lora_state_dict(model).items()},
-            "lora": {"rank": config.lora_rank, "alpha": config.lora_alpha, "seed": config.seed},
-            "base_model": {"name": config.model, "allow_scratch": config.allow_scratch, "seed": config.seed,
-                           "models_dir": str(Path(config.models_dir).resolve())},
-            "step": state.step, "val_loss": state.best_val_loss, **meta}
+            "lora": {"rank": config["lora_rank"], "alpha": config["lora_alpha"], "seed": config["seed"]},
+            "base_model": {"name": config["model"], "allow_scratch": config["allow_scratch"], "seed": config["seed"],
+                           "models_dir": str(Path(config["models_dir"]).resolve())},
+            "step": step, "val_loss": val_loss, **meta}
 
 
 def _base_with_adapters(payload: dict) -> torch.nn.Module:
     """The base model the adapters were trained on, adapters merged in."""
-    from correcteur.lora import apply_lora, load_lora_state_dict, merge_lora
-    from correcteur.weights import load_base_model
-
     base = payload["base_model"]
     # Older adapters.pt files lack models_dir; on another machine it may not exist: the default then.
     models_dir = base.get("models_dir") if Path(base.get("models_dir") or "").is_dir() else None
@@ -163,7 +156,7 @@ def _cpu_state_dict(model) -> dict:
     return weights
 
 
-def _inference_file(path: str | Path) -> Path:
+def inference_file(path: str | Path) -> Path:
     path = Path(path)
     if path.is_dir():
         path = path / "best.pt"
@@ -173,16 +166,13 @@ def _inference_file(path: str | Path) -> Path:
     return path
 
 
+MODEL_CLASSES = {"gpt2": GPTModel, "llama": LlamaModel}
+
+
 def _model_class(family: str):
-    if family == "gpt2":
-        from correcteur.model import GPTModel
-
-        return GPTModel
-    if family == "llama":
-        from correcteur.llama import LlamaModel
-
-        return LlamaModel
-    raise UserError(f"unknown model family {family!r} in the checkpoint")
+    if family not in MODEL_CLASSES:
+        raise UserError(f"unknown model family {family!r} in the checkpoint")
+    return MODEL_CLASSES[family]
 
 
 def _model_from_payload(payload: dict, path: Path, dtype: torch.dtype | None) -> torch.nn.Module:
@@ -208,14 +198,12 @@ def load_for_inference(path: str | Path, device: str | torch.device | None = Non
     """`(model, tokenizer, meta)` from a run directory or an inference `.pt` (also a half one).
 
     `dtype=None` keeps the stored precision; `tokenizer` overrides the one the checkpoint names."""
-    path = _inference_file(path)
+    path = inference_file(path)
     payload = load_checkpoint(path)
     model = _model_from_payload(payload, path, dtype)
     if device is not None:
         model.to(device)
     if tokenizer is None:
-        from correcteur.tokenizer import get_tokenizer
-
         tokenizer = get_tokenizer(payload["tokenizer"])
     meta = {k: v for k, v in payload.items() if k not in ("model", "adapters")}
     return model, tokenizer, meta
@@ -226,26 +214,7 @@ def export_half(path: str | Path, out: str | Path, dtype: torch.dtype = torch.bf
     names = {v: k for k, v in HALF_DTYPES.items()}
     if dtype not in names:
         raise ValueError(f"export_half writes bfloat16 or float16, not {dtype}")
-    path = _inference_file(path)
+    path = inference_file(path)
     payload = load_checkpoint(path)
     model = _model_from_payload(payload, path, dtype)  # tied weights stay one tensor
     return save_checkpoint(out, {**payload, "model": model.state_dict(), "dtype": names[dtype]})
-
-
-# ----------------------------------------------------------------------------- command line
-
-
-def add_export_arguments(parser) -> None:
-    parser.add_argument("--checkpoint", required=True, help="training run folder or its best.pt")
-    parser.add_argument("--out", required=True, help="file to write, e.g. checkpoints/RUN/model-bf16.pt")
-    parser.add_argument("--dtype", choices=sorted(HALF_DTYPES), default="bfloat16",
-                        help="bfloat16 (same range as float32) or float16")
-
-
-def run_export(args) -> int:
-    source = _inference_file(args.checkpoint)
-    out = export_half(source, args.out, HALF_DTYPES[args.dtype])
-    ratio = out.stat().st_size / source.stat().st_size
-    print(f"{out}: {out.stat().st_size / 2**20:.1f} MiB in {args.dtype} ({ratio:.0%} of {source.name}); "
-          f"use it wherever a checkpoint is asked for (--checkpoint {out})")
-    return 0

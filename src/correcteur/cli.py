@@ -1,46 +1,429 @@
-"""`python -m correcteur <command>`: one command per pipeline stage.
+"""`python -m correcteur <command>`: one command per pipeline stage, each a thin call into it.
 
-Each command lives in its stage's module as `add_<command>_arguments(parser)` and
-`run_<command>(args) -> int`; the module is imported only when its command runs, so
-`--help` stays fast.
+Each command is a pair of functions here, `add_<command>(parser)` for its options and
+`run_<command>(args) -> int` for what it does; the table `COMMANDS` lists them. The stage
+modules are imported inside those functions, only when their command runs, so that `--help`
+answers at once instead of after loading torch. User errors raise `UserError`, which `main`
+prints as one line (exit status 2), never as a traceback.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
+import dataclasses
+import os
 import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import NamedTuple
 
 from correcteur.errors import UserError
 
-COMMANDS: dict[str, tuple[str, str]] = {
-    "download": ("correcteur.weights", "download GPT-2, SmolLM2 or small hub models into checkpoints/"),
-    "data": ("correcteur.data", "build the instruction dataset: clean, augment, split leak-free"),
-    "train": ("correcteur.train", "fine-tune a model on the instruction dataset"),
-    "export": ("correcteur.checkpoint", "write a trained model in bfloat16/float16 (half the size)"),
-    "guard": ("correcteur.guard", "tune the guard's thresholds on the validation split (guard.json)"),
-    "respond": ("correcteur.evaluate", "generate a model_response for every test entry"),
-    "score": ("correcteur.metrics", "score responses against the reference and the copy baseline"),
-    "judge": ("correcteur.judge", "score responses with an LLM judge (Ollama or OpenAI-compatible)"),
-    "evaluate": ("correcteur.evaluate", "respond + score + baselines (+ judge): a full report"),
-    "correct": ("correcteur.correct", "correct text given as arguments or on standard input"),
-    "app": ("correcteur.app", "open the Tkinter corrector window"),
+CHECKPOINT_HELP = "a training run's folder (checkpoints/<run>/) or its best.pt"
+
+
+# ----------------------------------------------------------------------------- download
+
+
+def add_download(parser: argparse.ArgumentParser) -> None:
+    from correcteur.fetch import ENDPOINT_ENV, HUB_ENDPOINT
+    from correcteur.weights import DOWNLOADABLE
+
+    parser.add_argument("--model", default="gpt2-medium", help=DOWNLOADABLE)
+    parser.add_argument("--models-dir", default="checkpoints",
+                        help="folder that receives <size>/ (GPT-2: config.json, model.safetensors) or "
+                             "<name>/ (hub models: config.json, model.safetensors, tokenizer.json)")
+    parser.add_argument("--endpoint", default=os.environ.get(ENDPOINT_ENV) or HUB_ENDPOINT,
+                        help=f"base URL of the Hugging Face hub or of a mirror (${ENDPOINT_ENV} sets the default)")
+
+
+def run_download(args: argparse.Namespace) -> int:
+    from correcteur.weights import MODELS, download_model, registered_name
+
+    path = download_model(args.model, args.models_dir, args.endpoint)
+    source = MODELS[registered_name(args.model)]
+    print(f"{args.model} ({source.origin}) is ready in {path}; train on it with --model {args.model}")
+    return 0
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def add_data(parser: argparse.ArgumentParser) -> None:
+    from correcteur.data import DataConfig
+    from correcteur.prompt import PROMPT_STYLES
+
+    defaults = DataConfig()
+    aug = defaults.augment
+    parser.add_argument("--source", default=defaults.source,
+                        help="'embedded' (the corpus in data/corpus), 'hf' (the Hugging Face dataset, "
+                             "see --hf-dataset) or a CSV/JSON/JSONL file with columns input+output "
+                             "(or target), or text (or sentence) for clean sentences to corrupt")
+    parser.add_argument("--out", default=defaults.out,
+                        help="folder for train.json, val.json, test.json, manifest.json and stats")
+    parser.add_argument("--seed", type=int, default=defaults.seed, help="seed of the split and the errors")
+    parser.add_argument("--corpus-dir", default=defaults.corpus_dir, help="folder of the embedded corpus")
+    parser.add_argument("--hf-dataset", default=defaults.hf_dataset,
+                        help="Hugging Face dataset name, or a local folder/CSV/JSON file in its schema")
+    parser.add_argument("--variants", type=int, default=aug.variants,
+                        help="corrupted inputs made from each correct sentence (0: source pairs only)")
+    parser.add_argument("--min-errors", type=int, default=aug.min_errors,
+                        help="fewest error operations in one corrupted input")
+    parser.add_argument("--max-errors", type=int, default=aug.max_errors,
+                        help="most error operations in one corrupted input")
+    parser.add_argument("--clean-share", type=float, default=aug.clean_share,
+                        help="expected share of pairs left correct (input == output), so the model "
+                             "learns to leave correct text alone")
+    parser.add_argument("--input-prefix", default=defaults.input_prefix,
+                        help="text put before every input in the model's prompt (recorded in manifest.json, "
+                             "then in the checkpoint), e.g. 'grammaire: ' as in the HF dataset")
+    parser.add_argument("--prompt-style", default=defaults.prompt_style, choices=PROMPT_STYLES,
+                        help="prompt template used to measure the formatted length of a pair")
+    parser.add_argument("--max-tokens", type=int, default=defaults.max_tokens,
+                        help="drop pairs longer than this many tokens once formatted")
+    parser.add_argument("--tokenizer", default=defaults.tokenizer, help="tokenizer that measures length")
+    parser.add_argument("--limit", type=int, default=None,
+                        help="use only the first N distinct sentences (quick experiments)")
+
+
+def run_data(args: argparse.Namespace) -> int:
+    from correcteur.augment import AugmentConfig
+    from correcteur.data import DataConfig, build_dataset, format_stats
+
+    try:
+        augment = AugmentConfig(variants=args.variants, min_errors=args.min_errors,
+                                max_errors=args.max_errors, clean_share=args.clean_share)
+    except ValueError as error:
+        raise UserError(f"bad augmentation option: {error}") from None
+    config = DataConfig(source=args.source, out=args.out, seed=args.seed, corpus_dir=args.corpus_dir,
+                        hf_dataset=args.hf_dataset, input_prefix=args.input_prefix,
+                        prompt_style=args.prompt_style, max_tokens=args.max_tokens,
+                        tokenizer=args.tokenizer, limit=args.limit, augment=augment)
+    built = build_dataset(config)
+    print(format_stats(built.stats))
+    print(f"wrote {', '.join(built.manifest['files'])}, stats.png and manifest.json to {config.out}/")
+    return 0
+
+
+# ----------------------------------------------------------------------------- train
+
+
+def add_train(parser: argparse.ArgumentParser) -> None:
+    """One option per TrainConfig field. Defaults are shown in the help but not put in `args`,
+    so that `--resume` knows which options were given (`resumed_config`)."""
+    from correcteur.train import TrainConfig
+
+    for f in dataclasses.fields(TrainConfig):
+        flag = f.metadata["flag"] or "--" + f.name.replace("_", "-")
+        options = {"dest": f.name, "default": argparse.SUPPRESS, "help": f"{f.metadata['help']} (default: {f.default})"}
+        if isinstance(f.default, bool):
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, **options)
+        else:
+            parser.add_argument(flag, type=f.metadata["type"] or type(f.default), **options)
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the run in --out/--run-name exactly where its last.pt stopped; options "
+                             "given with it apply if they may change (budgets, device), else it refuses")
+
+
+def run_train(args: argparse.Namespace) -> int:
+    import torch
+
+    from correcteur.train import TrainConfig, resumed_config, train
+
+    explicit = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if hasattr(args, f.name)}
+    config = resumed_config(explicit) if args.resume else TrainConfig(**explicit)
+    try:
+        train(config, resume=args.resume)
+    except torch.cuda.OutOfMemoryError:
+        raise UserError(
+            f"the GPU ran out of memory with batch size {config.batch_size}: try a smaller --batch-size "
+            "with --grad-accum-steps to keep the effective batch, a lower --allowed-max-length, or "
+            "--lora-rank 16; then --resume if a last.pt was saved") from None
+    return 0
+
+
+# ----------------------------------------------------------------------------- export
+
+
+def add_export(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint", required=True, help=CHECKPOINT_HELP)
+    parser.add_argument("--out", required=True, help="file to write, e.g. checkpoints/RUN/model-bf16.pt")
+    parser.add_argument("--dtype", choices=("bfloat16", "float16"), default="bfloat16",
+                        help="bfloat16 (same range as float32) or float16")
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from correcteur.checkpoint import HALF_DTYPES, export_half, inference_file
+
+    source = inference_file(args.checkpoint)
+    out = export_half(source, args.out, HALF_DTYPES[args.dtype])
+    ratio = out.stat().st_size / source.stat().st_size
+    print(f"{out}: {out.stat().st_size / 2**20:.1f} MiB in {args.dtype} ({ratio:.0%} of {source.name}); "
+          f"use it wherever a checkpoint is asked for (--checkpoint {out})")
+    return 0
+
+
+# ----------------------------------------------------------------------------- guard
+
+
+def add_guard(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint", required=True, help=CHECKPOINT_HELP)
+    parser.add_argument("--val", required=True, help="the validation split (val.json from `correcteur data`)")
+    parser.add_argument("--limit", type=int, default=None, help="tune on the first N entries only (none: all)")
+    parser.add_argument("--batch-size", type=int, default=32, help="sentences generated together")
+
+
+def run_guard(args: argparse.Namespace) -> int:
+    from correcteur.guard import GUARD_FILE, checkpoint_folder
+    from correcteur.guard_tuning import calibrate_guard, chosen_setting, describe_setting
+
+    config = calibrate_guard(args.checkpoint, args.val, limit=args.limit, batch_size=args.batch_size)
+    chosen = chosen_setting(args.checkpoint)
+    verdict = ("meets the targets" if chosen["meets_targets"] else
+               "no setting meets the targets: the lowest harm rate was taken")
+    print(f"{config}\non {chosen['n']} validation entries ({verdict}): {describe_setting(chosen)}"
+          f"\nsaved: {checkpoint_folder(args.checkpoint) / GUARD_FILE}")
+    return 0
+
+
+# ----------------------------------------------------------------------------- respond, score, judge, evaluate
+
+
+def add_respond(parser: argparse.ArgumentParser,
+                out_help: str = "JSON file to write (re-running resumes it)") -> None:
+    parser.add_argument("--checkpoint", required=True, help=CHECKPOINT_HELP)
+    parser.add_argument("--test", default="data/test.json", help="entries with input and output")
+    parser.add_argument("--out", required=True, help=out_help)
+    parser.add_argument("--batch-size", type=int, default=32, help="sentences generated together")
+    parser.add_argument("--limit", type=int, default=None, help="answer only the first N entries")
+    parser.add_argument("--no-guard", action="store_true", help="keep the model's answers as they are")
+    parser.add_argument("--device", default=None, help="cpu, cuda, mps (default: best available)")
+
+
+def run_respond(args: argparse.Namespace) -> int:
+    from correcteur.correct import Corrector
+    from correcteur.files import load_entries
+    from correcteur.respond import respond
+
+    corrector = Corrector.from_checkpoint(args.checkpoint, device=args.device, guard=not args.no_guard,
+                                          batch_size=args.batch_size)
+    entries = load_entries(args.test)[: args.limit]
+    respond(corrector, entries, args.out, args.batch_size)
+    print(f"{len(entries)} responses in {args.out}")
+    return 0
+
+
+def _named_file(text: str) -> tuple[str, str]:
+    name, sep, path = text.partition("=")
+    if not sep or not name or not path:
+        raise argparse.ArgumentTypeError(f"expected NAME=FILE, got {text!r}")
+    return name, path
+
+
+def add_score(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("file", help="JSON list of entries with input, output and model_response")
+    parser.add_argument("--json", metavar="OUT.json", help="also write the model's scores to this file")
+    parser.add_argument("--baseline", action="append", default=[], type=_named_file,
+                        metavar="NAME=FILE", help="another system's responses to show side by side "
+                        "(e.g. base=base_responses.json); may be repeated")
+    parser.add_argument("--figure", metavar="OUT.png", help="save the bar chart per error type here")
+
+
+def run_score(args: argparse.Namespace) -> int:
+    from correcteur.baselines import copy_baseline
+    from correcteur.files import load_entries, write_json
+    from correcteur.metrics import format_table, plot_error_types, score_entries
+
+    entries = load_entries(args.file)
+    scores = score_entries(entries)
+    baselines = {"copy": score_entries(copy_baseline(entries))}
+    for name, path in args.baseline:
+        baselines[name] = score_entries(load_entries(path))
+    print(format_table(scores, baselines))
+    if args.json:
+        write_json(args.json, scores)
+        print(f"\nscores written to {args.json}")
+    if args.figure:
+        plot_error_types(scores, baselines, save_path=args.figure)
+        print(f"figure written to {args.figure}")
+    return 0
+
+
+def add_judge(parser: argparse.ArgumentParser) -> None:
+    from correcteur.judge import CHAT_PATHS, DEFAULT_URL
+
+    parser.add_argument("file", help="JSON list of entries with input, output and a response")
+    parser.add_argument("--model", default="llama3", help="the judge model, as the server names it")
+    parser.add_argument("--url", default=DEFAULT_URL,
+                        help="server root, or a full .../api/chat or .../v1/chat/completions url")
+    parser.add_argument("--api", choices=sorted(CHAT_PATHS), default=None,
+                        help="request format; default: read from --url, else ollama")
+    parser.add_argument("--key", default="model_response", help="the entry field to judge")
+    parser.add_argument("--out", help="where to write the entries with their judge_score; when "
+                        "not given, FILE's name + .judged.json (never FILE itself)")
+    parser.add_argument("--json", metavar="SUMMARY.json", help="also write the summary to this file")
+    parser.add_argument("--figure", metavar="OUT.png", help="save the histogram of scores here")
+    parser.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for one answer")
+    parser.add_argument("--retries", type=int, default=3,
+                        help="extra tries after a timeout, refused connection or server error")
+
+
+def run_judge(args: argparse.Namespace) -> int:
+    from correcteur.files import load_entries, write_json
+    from correcteur.judge import (
+        SCORE_KEY,
+        check_server,
+        format_summary,
+        generate_model_scores,
+        plot_score_histogram,
+        summarize_scores,
+    )
+
+    source = Path(args.file)
+    out = Path(args.out) if args.out else source.with_name(source.stem + ".judged.json")
+    if out.resolve() == source.resolve():
+        raise UserError(f"--out {out} is the input file; the judge never overwrites its input")
+    entries = load_entries(source)
+    check_server(args.url, args.model, args.api, timeout=min(args.timeout, 10.0))
+    scores = generate_model_scores(entries, args.key, args.model, url=args.url,
+                                   cache_path=out.with_suffix(".cache.jsonl"), api=args.api,
+                                   timeout=args.timeout, retries=args.retries)
+    write_json(out, [{**e, SCORE_KEY: s} for e, s in zip(entries, scores, strict=True)])
+    summary = summarize_scores(scores)
+    print(format_summary(summary, args.model))
+    print(f"scores written to {out}; read them next to `python -m correcteur score {source}`")
+    if args.json:
+        write_json(args.json, {"model": args.model, **summary})
+    if args.figure:
+        plot_score_histogram(scores, args.figure)
+    return 0
+
+
+def add_evaluate(parser: argparse.ArgumentParser) -> None:
+    add_respond(parser, out_help="report folder (report.json, report.md, figures)")
+    parser.add_argument("--no-base-model", action="store_true", help="skip the base-model baseline")
+    parser.add_argument("--no-grammalecte", action="store_true", help="skip the Grammalecte baseline")
+    parser.add_argument("--judge", action="store_true", help="also ask the LLM judge (needs Ollama)")
+    parser.add_argument("--judge-model", default="llama3", help="judge model name")
+    parser.add_argument("--judge-url", default="http://localhost:11434", help="judge server")
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    from correcteur.evaluate import EvalConfig, evaluate
+
+    config = EvalConfig(checkpoint=args.checkpoint, test=args.test, out=args.out, limit=args.limit,
+                        batch_size=args.batch_size, guard=not args.no_guard,
+                        base_model=not args.no_base_model, grammalecte=not args.no_grammalecte,
+                        judge=args.judge, judge_model=args.judge_model, judge_url=args.judge_url,
+                        device=args.device)
+    report = evaluate(config)
+    print(report["table"])
+    print(f"report: {Path(config.out) / 'report.md'}")
+    return 0
+
+
+# ----------------------------------------------------------------------------- correct, app
+
+
+def add_correct(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("text", nargs="*",
+                        help="text to correct; without it, standard input is read and written back "
+                             "corrected, with its lines and spaces as they were")
+    parser.add_argument("--checkpoint", required=True, help=CHECKPOINT_HELP)
+    parser.add_argument("--diff", action="store_true",
+                        help="show the changes as [-removed-]{+added+} instead of the corrected text")
+    parser.add_argument("--no-guard", action="store_true",
+                        help="print the model's answers as they are, without the guard's checks")
+    parser.add_argument("--device", default=None,
+                        help="torch device (cpu, cuda, cuda:1 ...); unset: cuda when available")
+
+
+def read_stdin() -> str:
+    """Standard input as text, refusing binary data with a message instead of a crash."""
+    if sys.stdin is None or sys.stdin.isatty():
+        raise UserError(
+            'nothing to correct: pass the text as an argument (python -m correcteur correct '
+            '--checkpoint PATH "texte") or pipe it on standard input'
+        )
+    data = sys.stdin.buffer.read()
+    if b"\x00" in data:
+        raise UserError("standard input holds binary data (NUL bytes), not text: pipe a UTF-8 text file")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise UserError(
+            f"standard input is not UTF-8 text (invalid byte at offset {error.start}): convert it "
+            "first, e.g. `iconv -f latin1 -t utf-8 FILE | python -m correcteur correct ...`"
+        ) from None
+
+
+def run_correct(args: argparse.Namespace) -> int:
+    from correcteur.correct import Corrector
+    from correcteur.textdiff import diff_words, format_diff
+
+    text = " ".join(args.text) if args.text else read_stdin()
+    if not text.strip():
+        raise UserError("nothing to correct: the text is empty")
+    corrector = Corrector.from_checkpoint(args.checkpoint, device=args.device, guard=not args.no_guard)
+    corrected = corrector.correct(text, progress=True)
+    output = format_diff(diff_words(text, corrected)) if args.diff else corrected
+    sys.stdout.write(output if output.endswith("\n") else output + "\n")
+    return 0
+
+
+def add_app(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint", required=True, help=CHECKPOINT_HELP)
+    parser.add_argument("--device", default=None,
+                        help="torch device (cpu, cuda ...); unset: cuda when available")
+    parser.add_argument("--no-guard", action="store_true",
+                        help="show the model's answers as they are, without the guard's checks")
+
+
+def run_app(args: argparse.Namespace) -> int:
+    from correcteur.app import launch
+    from correcteur.correct import Corrector
+
+    launch(load=lambda: Corrector.from_checkpoint(args.checkpoint, device=args.device, guard=not args.no_guard))
+    return 0
+
+
+# ----------------------------------------------------------------------------- the table
+
+
+class Command(NamedTuple):
+    help: str
+    add: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+
+
+COMMANDS: dict[str, Command] = {
+    "download": Command("download GPT-2, SmolLM2 or small hub models into checkpoints/", add_download, run_download),
+    "data": Command("build the instruction dataset: clean, augment, split leak-free", add_data, run_data),
+    "train": Command("fine-tune a model on the instruction dataset", add_train, run_train),
+    "export": Command("write a trained model in bfloat16/float16 (half the size)", add_export, run_export),
+    "guard": Command("tune the guard's thresholds on the validation split (guard.json)", add_guard, run_guard),
+    "respond": Command("generate a model_response for every test entry", add_respond, run_respond),
+    "score": Command("score responses against the reference and the copy baseline", add_score, run_score),
+    "judge": Command("score responses with an LLM judge (Ollama or OpenAI-compatible)", add_judge, run_judge),
+    "evaluate": Command("respond + score + baselines (+ judge): a full report", add_evaluate, run_evaluate),
+    "correct": Command("correct text given as arguments or on standard input", add_correct, run_correct),
+    "app": Command("open the Tkinter corrector window", add_app, run_app),
 }
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser; only `command`'s options are added (that imports its stage)."""
     parser = argparse.ArgumentParser(
         prog="correcteur",
         description="Fine-tune a language model to correct French text, evaluate it honestly, use it.",
         epilog="Run `python -m correcteur COMMAND --help` for the options of a command.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name, (module_name, help_text) in COMMANDS.items():
-        cmd_parser = sub.add_parser(name, help=help_text, description=help_text,
+    for name, spec in COMMANDS.items():
+        cmd_parser = sub.add_parser(name, help=spec.help, description=spec.help,
                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
         if name == command:
-            module = importlib.import_module(module_name)
-            getattr(module, f"add_{name}_arguments")(cmd_parser)
+            spec.add(cmd_parser)
     return parser
 
 
@@ -48,9 +431,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     command = argv[0] if argv and argv[0] in COMMANDS else None
     args = build_parser(command).parse_args(argv)
-    module = importlib.import_module(COMMANDS[args.command][0])
     try:
-        return int(getattr(module, f"run_{args.command}")(args) or 0)
+        return int(COMMANDS[args.command].run(args) or 0)
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -9,24 +9,20 @@ the original spaces and line breaks, so a corrector never reflows someone's text
 
 from __future__ import annotations
 
-import argparse
-import difflib
 import re
-import sys
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
-from correcteur.data import correction_prompt, extract_response
+from correcteur.checkpoint import load_for_inference
 from correcteur.errors import UserError
 from correcteur.generate import generate, left_pad
+from correcteur.guard import guard_for_checkpoint
 from correcteur.model import pick_device
-
-GuardFn = Callable[[str, str], str]
-Part = tuple[str, str, str]  # a piece of a text, the model's answer to it, the gap that follows it
+from correcteur.prompt import correction_prompt, extract_response
+from correcteur.textdiff import GuardFn, Part, join_parts
 
 # A period after these words (or after a single capital, as in "J. Dupont") does not end a sentence.
 ABBREVIATIONS = {
@@ -36,7 +32,6 @@ ABBREVIATIONS = {
 WHITESPACE = re.compile(r"\s+")
 SENTENCE_END = re.compile(r"[.!?…]+[»”\"')\]]*$")
 WORD_BEFORE_PERIOD = re.compile(r"(?<![\w.])(\w+)\.$")
-WORD_TOKEN = re.compile(r"\S+|\s+")
 CLAUSE_BREAK = re.compile(r"(?<=[,;:])\s+")
 
 
@@ -69,31 +64,6 @@ def _ends_sentence(chunk: str) -> bool:
     return word.lower() not in ABBREVIATIONS and not (len(word) == 1 and word.isupper())
 
 
-def diff_words(source: str, corrected: str) -> list[tuple[str, str]]:
-    """Word-level changes as (tag, text) runs, tag in {"equal", "delete", "insert"}.
-
-    Words and the whitespace between them are separate tokens, so joining the "equal" and
-    "delete" runs gives back `source` and joining "equal" and "insert" gives `corrected`."""
-    old, new = WORD_TOKEN.findall(source), WORD_TOKEN.findall(corrected)
-    runs = []
-    matcher = difflib.SequenceMatcher(None, old, new, autojunk=False)
-    for tag, i1, i2, j1, j2 in matcher.get_opcodes():
-        if tag == "equal":
-            runs.append(("equal", "".join(new[j1:j2])))
-            continue
-        if i2 > i1:
-            runs.append(("delete", "".join(old[i1:i2])))
-        if j2 > j1:
-            runs.append(("insert", "".join(new[j1:j2])))
-    return runs
-
-
-def format_diff(runs: list[tuple[str, str]]) -> str:
-    """wdiff's notation: [-removed-]{+added+}."""
-    marks = {"equal": "{}", "delete": "[-{}-]", "insert": "{{+{}+}}"}
-    return "".join(marks[tag].format(text) for tag, text in runs)
-
-
 @dataclass
 class Piece:
     """One text to correct, encoded as its prompt, with its own budget of new tokens."""
@@ -110,7 +80,7 @@ class Corrector:
     def __init__(self, model: torch.nn.Module, tokenizer, prompt_style: str = "alpaca",
                  device: str | torch.device | None = None, max_new_tokens_factor: float = 1.5,
                  guard: GuardFn | None = None, name: str = "model", batch_size: int = 8,
-                 use_cache: bool = True):
+                 use_cache: bool = True, input_prefix: str = ""):
         self.device = pick_device(str(device or "auto"))
         self.model = model.to(self.device).eval()
         self.tokenizer = tokenizer
@@ -121,7 +91,7 @@ class Corrector:
         self.batch_size = batch_size
         self.use_cache = use_cache
         self.meta: dict = {}  # what the checkpoint says of itself, when loaded from one
-        self.input_prefix = ""  # put before each text, when the training data had one
+        self.input_prefix = input_prefix  # the dataset's prefix, put before each text in the prompt
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str | None = None,
@@ -134,16 +104,13 @@ class Corrector:
                 f"no checkpoint at {path}: train one with `python -m correcteur train`, then pass "
                 "its folder (checkpoints/<run>/) or its best.pt with --checkpoint"
             )
-        from correcteur.checkpoint import load_for_inference
-        from correcteur.guard import guard_for_checkpoint
-
         model, tokenizer, meta = load_for_inference(path)
         style = meta.get("prompt_style", "alpaca")
         prefix = meta.get("input_prefix", "")
         checker = guard_for_checkpoint(model, tokenizer, style, path, prefix) if guard else None
         corrector = cls(model, tokenizer, prompt_style=style, device=device, guard=checker,
-                        name=meta.get("model_name", path.name), batch_size=batch_size)
-        corrector.meta, corrector.input_prefix = meta, prefix
+                        name=meta.get("model_name", path.name), batch_size=batch_size, input_prefix=prefix)
+        corrector.meta = meta
         return corrector
 
     @property
@@ -249,54 +216,3 @@ class Corrector:
             generated = piece.prompt + self.tokenizer.decode(row)
             answers.append(extract_response(generated, self.prompt_style))
         return answers
-
-
-def join_parts(parts: list[Part], guard: GuardFn | None = None) -> str:
-    """A whole text's answer from its parts' answers, each guarded on its own when a guard is
-    given (the model answered, and scores, each part in a context of its own)."""
-    return "".join((guard(part, answer) if guard and part.strip() else answer) + gap
-                   for part, answer, gap in parts)
-
-
-def read_stdin() -> str:
-    """Standard input as text, refusing binary data with a message instead of a crash."""
-    if sys.stdin is None or sys.stdin.isatty():
-        raise UserError(
-            'nothing to correct: pass the text as an argument (python -m correcteur correct '
-            '--checkpoint PATH "texte") or pipe it on standard input'
-        )
-    data = sys.stdin.buffer.read()
-    if b"\x00" in data:
-        raise UserError("standard input holds binary data (NUL bytes), not text: pipe a UTF-8 text file")
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as error:
-        raise UserError(
-            f"standard input is not UTF-8 text (invalid byte at offset {error.start}): convert it "
-            "first, e.g. `iconv -f latin1 -t utf-8 FILE | python -m correcteur correct ...`"
-        ) from None
-
-
-def add_correct_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("text", nargs="*",
-                        help="text to correct; without it, lines are read from standard input and "
-                             "written back corrected, one line out for each line in")
-    parser.add_argument("--checkpoint", required=True,
-                        help="a training run's folder (checkpoints/<run>/) or its best.pt")
-    parser.add_argument("--diff", action="store_true",
-                        help="show the changes as [-removed-]{+added+} instead of the corrected text")
-    parser.add_argument("--no-guard", action="store_true",
-                        help="print the model's answers as they are, without the guard's checks")
-    parser.add_argument("--device", default=None,
-                        help="torch device (cpu, cuda, cuda:1 ...); unset: cuda when available")
-
-
-def run_correct(args: argparse.Namespace) -> int:
-    text = " ".join(args.text) if args.text else read_stdin()
-    if not text.strip():
-        raise UserError("nothing to correct: the text is empty")
-    corrector = Corrector.from_checkpoint(args.checkpoint, device=args.device, guard=not args.no_guard)
-    corrected = corrector.correct(text, progress=True)
-    output = format_diff(diff_words(text, corrected)) if args.diff else corrected
-    sys.stdout.write(output if output.endswith("\n") else output + "\n")
-    return 0

@@ -8,14 +8,15 @@ training sentences).
 
 Sources: the embedded corpus (`data/corpus/*.txt`, one clean sentence a line), the Hugging
 Face dataset `fdemelo/spelling-correction-french-news` (or a local copy in its schema), or a
-user's CSV/JSON/JSONL file of (input, output) pairs or of clean sentences. The prompt
-(`format_input`, `build_prompt`, `extract_response`) lives here too, shared by training,
-evaluation and the app.
+user's CSV/JSON/JSONL file of (input, output) pairs or of clean sentences.
+
+An input prefix (`--input-prefix`, e.g. "grammaire: " to mimic the Hugging Face data) is recorded
+once, in manifest.json; entries never carry it. Training copies it into the checkpoint, and the
+prompt (`prompt.py`) adds it wherever the model is asked.
 """
 
 from __future__ import annotations
 
-import argparse
 import csv
 import dataclasses
 import json
@@ -36,73 +37,17 @@ from tqdm import tqdm
 from correcteur.augment import AugmentConfig, Lexicon, augment_sentence, french_lexicon
 from correcteur.errors import UserError
 from correcteur.files import PROJECT_ROOT, sha256_of, write_json
+from correcteur.prompt import INSTRUCTION, build_prompt, check_style
+from correcteur.tokenizer import get_tokenizer
 
-INSTRUCTION = "Corrigez le texte suivant."
 HF_DATASET = "fdemelo/spelling-correction-french-news"
 HF_PREFIX = "grammaire: "
 CORPUS_DIR = PROJECT_ROOT / "data" / "corpus"
 SPLIT_SHARES = {"train": 0.85, "test": 0.10, "val": 0.05}  # as in the seed project
 SPLIT_FILES = {"train": "train.json", "val": "val.json", "test": "test.json"}
-SPECIAL_TOKEN = "<|endoftext|>"
 # Text shaped like a model's control tokens (<|endoftext|>, SmolLM2's <|im_end|>, ...): such
 # rows are dropped, since tokenizers refuse them and a model must never learn to write them.
 SPECIAL_MARKUP = re.compile(r"<\|[^|<>\s]+\|>")
-
-# ---------------------------------------------------------------------------- prompt
-
-ALPACA_PREAMBLE = ("Below is an instruction that describes a task. "
-                   "Write a response that appropriately completes the request.")
-RESPONSE_HEADER = "\n\n### Response:\n"
-# For small models: about a dozen GPT-2 tokens of overhead instead of about forty. Both headers
-# end with a newline, so the prompt's last token is the same whether or not a response follows.
-SHORT_RESPONSE_HEADER = "\n=>\n"
-PROMPT_STYLES = ("alpaca", "short")
-
-
-def check_style(style: str) -> None:
-    if style not in PROMPT_STYLES:
-        raise UserError(f"unknown prompt style {style!r}; choose one of {', '.join(PROMPT_STYLES)}")
-
-
-def format_input(entry: dict, style: str = "alpaca") -> str:
-    """The instruction and input part of the prompt (the course's `format_input` for "alpaca");
-    the response header comes from `format_response_prefix`."""
-    check_style(style)
-    if style == "short":
-        return f"{entry['instruction']}\n{entry['input']}"
-    text = f"{ALPACA_PREAMBLE}\n\n### Instruction:\n{entry['instruction']}"
-    return text + (f"\n\n### Input:\n{entry['input']}" if entry.get("input") else "")
-
-
-def format_response_prefix(style: str = "alpaca") -> str:
-    check_style(style)
-    return SHORT_RESPONSE_HEADER if style == "short" else RESPONSE_HEADER
-
-
-def build_prompt(entry: dict, style: str = "alpaca") -> str:
-    """Everything the model reads before it writes the correction."""
-    return format_input(entry, style) + format_response_prefix(style)
-
-
-def correction_prompt(text: str, style: str = "alpaca", input_prefix: str = "") -> str:
-    """The prompt that asks for `text` to be corrected, as the model saw it in training
-    (`input_prefix`, e.g. "grammaire: ", when the dataset had one)."""
-    return build_prompt({"instruction": INSTRUCTION, "input": input_prefix + text}, style)
-
-
-def extract_response(generated: str, style: str = "alpaca") -> str:
-    """The correction inside generated text: what follows the response header (the whole text
-    if it has none), up to the next "###" header, end-of-text or, for the short style, the
-    start of a new prompt."""
-    header = format_response_prefix(style)
-    _, found, after = generated.partition(header)
-    text = after if found else generated
-    stops = [SPECIAL_TOKEN, "###"] + ([SHORT_RESPONSE_HEADER.rstrip("\n"), f"\n{INSTRUCTION}"]
-                                      if style == "short" else [])
-    for stop in stops:
-        text = text.split(stop, 1)[0]
-    return text.strip()
-
 
 # ---------------------------------------------------------------------------- loading
 
@@ -290,7 +235,7 @@ def split_ids(sentence_ids: Iterable[str], seed: int) -> dict[str, set[str]]:
 
 
 def group_pairs(records: list[Record], sentence_id: str, augment: AugmentConfig, seed: int,
-                lexicon: Lexicon, input_prefix: str = "") -> list[dict]:
+                lexicon: Lexicon) -> list[dict]:
     """All entries of one source sentence: the pairs its source gave (error types unknown:
     "given"), `augment.variants` corrupted copies, and now and then the clean pair.
     Each sentence has its own random stream, so adding a sentence changes no other."""
@@ -302,14 +247,13 @@ def group_pairs(records: list[Record], sentence_id: str, augment: AugmentConfig,
     for given, error_types in pairs:
         if given not in inputs:
             inputs.add(given)
-            entries.append({"instruction": INSTRUCTION, "input": input_prefix + given, "output": output,
+            entries.append({"instruction": INSTRUCTION, "input": given, "output": output,
                             "source": source, "sentence_id": sentence_id, "error_types": error_types})
     return entries
 
 
 def build_splits(records: list[Record], augment: AugmentConfig, seed: int, lexicon: Lexicon,
-                 fits: Callable[[str, str], bool], input_prefix: str = ""
-                 ) -> tuple[dict[str, list[dict]], Counter]:
+                 fits: Callable[[str, str], bool]) -> tuple[dict[str, list[dict]], Counter]:
     """Split by sentence, then augment each split. A corrupted input can by chance equal a
     text of an earlier split, input or correct sentence (ses → ces may give another real
     sentence): test and validation drop such pairs, so no text is ever shared between splits."""
@@ -322,15 +266,15 @@ def build_splits(records: list[Record], augment: AugmentConfig, seed: int, lexic
         entries = []
         for sentence_id in tqdm(sorted(ids_of[name]), desc=f"augmenting {name}", unit="sentence",
                                 disable=None):
-            for entry in group_pairs(by_id[sentence_id], sentence_id, augment, seed, lexicon, input_prefix):
-                if entry["input"].removeprefix(input_prefix) in earlier_texts:
+            for entry in group_pairs(by_id[sentence_id], sentence_id, augment, seed, lexicon):
+                if entry["input"] in earlier_texts:
                     dropped["input_in_other_split"] += 1
                 elif not fits(entry["input"], entry["output"]):
                     dropped["too_long_after_augmentation"] += 1
                 else:
                     entries.append(entry)
         random.Random(f"{seed}:{name}").shuffle(entries)
-        earlier_texts |= {e["input"].removeprefix(input_prefix) for e in entries} | {e["output"] for e in entries}
+        earlier_texts |= {e["input"] for e in entries} | {e["output"] for e in entries}
         splits[name] = entries
     return splits, dropped
 
@@ -446,7 +390,7 @@ class DataConfig:
     seed: int = 123
     corpus_dir: str = str(CORPUS_DIR)
     hf_dataset: str = HF_DATASET      # hub name, or a local folder/file in its schema
-    input_prefix: str = ""            # e.g. "grammaire: " to mimic the HF data; see data/README.md
+    input_prefix: str = ""            # put before every input in the prompt, e.g. "grammaire: "; see data/README.md
     prompt_style: str = "alpaca"      # used to measure formatted length
     max_tokens: int = 1024            # longest formatted pair kept (GPT-2's context)
     tokenizer: str = "gpt2"
@@ -463,8 +407,6 @@ class BuiltDataset:
 
 
 def token_counter(name: str = "gpt2") -> Callable[[str], int]:
-    from correcteur.tokenizer import get_tokenizer
-
     tokenizer = get_tokenizer(name)
     return lambda text: len(tokenizer.encode(text, allowed_special=set()))
 
@@ -494,16 +436,15 @@ def build_dataset(config: DataConfig, count_tokens: Callable[[str], int] | None 
     lexicon = french_lexicon() if lexicon is None else lexicon
 
     def fits(given: str, output: str) -> bool:
-        entry = {"instruction": INSTRUCTION, "input": config.input_prefix + given}
-        return count_tokens(build_prompt(entry, config.prompt_style) + output) <= config.max_tokens
+        entry = {"instruction": INSTRUCTION, "input": given}
+        return count_tokens(build_prompt(entry, config.prompt_style, config.input_prefix) + output) <= config.max_tokens
 
     records, dropped = clean_records(records, fits)
     records = first_sentences(records, config.limit)
     if not records:
         raise UserError(f"no usable row in source {config.source!r} "
                         f"(dropped: {dict(malformed + dropped)})")
-    splits, dropped_pairs = build_splits(records, config.augment, config.seed, lexicon, fits,
-                                         config.input_prefix)
+    splits, dropped_pairs = build_splits(records, config.augment, config.seed, lexicon, fits)
     stats = dataset_stats(splits, malformed + dropped + dropped_pairs)
     settings = {k: v for k, v in asdict(config).items() if k != "out"}
     manifest = {"source": config.source, "seed": config.seed, "config": settings,
@@ -537,52 +478,3 @@ def examples_by_error_type(entries: list[dict]) -> dict[str, dict]:
         if key is not None:
             examples.setdefault(key, entry)
     return dict(sorted(examples.items()))
-
-
-def add_data_arguments(parser: argparse.ArgumentParser) -> None:
-    defaults = DataConfig()
-    aug = defaults.augment
-    parser.add_argument("--source", default=defaults.source,
-                        help="'embedded' (the corpus in data/corpus), 'hf' (the Hugging Face dataset, "
-                             "see --hf-dataset) or a CSV/JSON/JSONL file with columns input+output "
-                             "(or target), or text (or sentence) for clean sentences to corrupt")
-    parser.add_argument("--out", default=defaults.out,
-                        help="folder for train.json, val.json, test.json, manifest.json and stats")
-    parser.add_argument("--seed", type=int, default=defaults.seed, help="seed of the split and the errors")
-    parser.add_argument("--corpus-dir", default=defaults.corpus_dir, help="folder of the embedded corpus")
-    parser.add_argument("--hf-dataset", default=defaults.hf_dataset,
-                        help="Hugging Face dataset name, or a local folder/CSV/JSON file in its schema")
-    parser.add_argument("--variants", type=int, default=aug.variants,
-                        help="corrupted inputs made from each correct sentence (0: source pairs only)")
-    parser.add_argument("--min-errors", type=int, default=aug.min_errors,
-                        help="fewest error operations in one corrupted input")
-    parser.add_argument("--max-errors", type=int, default=aug.max_errors,
-                        help="most error operations in one corrupted input")
-    parser.add_argument("--clean-share", type=float, default=aug.clean_share,
-                        help="expected share of pairs left correct (input == output), so the model "
-                             "learns to leave correct text alone")
-    parser.add_argument("--input-prefix", default=defaults.input_prefix,
-                        help="text put before every input, e.g. 'grammaire: ' as in the HF dataset")
-    parser.add_argument("--prompt-style", default=defaults.prompt_style, choices=PROMPT_STYLES,
-                        help="prompt template used to measure the formatted length of a pair")
-    parser.add_argument("--max-tokens", type=int, default=defaults.max_tokens,
-                        help="drop pairs longer than this many tokens once formatted")
-    parser.add_argument("--tokenizer", default=defaults.tokenizer, help="tokenizer that measures length")
-    parser.add_argument("--limit", type=int, default=None,
-                        help="use only the first N distinct sentences (quick experiments)")
-
-
-def run_data(args: argparse.Namespace) -> int:
-    try:
-        augment = AugmentConfig(variants=args.variants, min_errors=args.min_errors,
-                                max_errors=args.max_errors, clean_share=args.clean_share)
-    except ValueError as error:
-        raise UserError(f"bad augmentation option: {error}") from None
-    config = DataConfig(source=args.source, out=args.out, seed=args.seed, corpus_dir=args.corpus_dir,
-                        hf_dataset=args.hf_dataset, input_prefix=args.input_prefix,
-                        prompt_style=args.prompt_style, max_tokens=args.max_tokens,
-                        tokenizer=args.tokenizer, limit=args.limit, augment=augment)
-    built = build_dataset(config)
-    print(format_stats(built.stats))
-    print(f"wrote {', '.join(built.manifest['files'])}, stats.png and manifest.json to {config.out}/")
-    return 0

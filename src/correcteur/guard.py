@@ -17,30 +17,33 @@ correction is accepted only where three checks agree:
    not know (a misspelling fixed) may be asked for a smaller margin (`nonword_margin`) than one
    that swaps a French word for another.
 
-The thresholds are tuned on the validation split (`tune_guard`) and saved as `guard.json`
+The thresholds are tuned on the validation split (`guard_tuning.py`) and saved as `guard.json`
 next to the checkpoint; the test split never sees them change.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import functools
-import itertools
 import json
-import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
-from correcteur.correct import Part, diff_words
-from correcteur.data import correction_prompt
+from correcteur.augment import french_lexicon
 from correcteur.errors import UserError
 from correcteur.files import write_json
-from correcteur.metrics import EntryStats, aggregate, entry_stats, entry_texts, levenshtein
+from correcteur.prompt import correction_prompt
+from correcteur.textdiff import (
+    DiffPiece,
+    apply_edits,
+    edit_pieces,
+    edits_of,
+    levenshtein,
+    typo_distance,
+)
 
 WORD = re.compile(r"\w+")
 GUARD_FILE = "guard.json"
@@ -57,56 +60,6 @@ class GuardConfig:
     # the lexicon (a misspelling is safer to fix than a real word to swap); None: min_margin
 
 
-DiffPiece = tuple[str, str] | tuple[str, str, str]  # ("equal", text) or ("edit", removed, inserted)
-
-
-def edit_pieces(source: str, candidate: str) -> list[DiffPiece]:
-    """`diff_words` as equal runs and edits (a removed text and the text replacing it, either
-    of which may be empty)."""
-    pieces: list[DiffPiece] = []
-    for tag, text in diff_words(source, candidate):
-        if tag == "equal":
-            pieces.append(("equal", text))
-        elif tag == "insert" and pieces and pieces[-1][0] == "edit" and not pieces[-1][2]:
-            pieces[-1] = ("edit", pieces[-1][1], text)
-        else:
-            pieces.append(("edit", text, "") if tag == "delete" else ("edit", "", text))
-    return pieces
-
-
-def apply_edits(pieces: list[DiffPiece], accepted: set[int]) -> str:
-    """The source with the edits numbered in `accepted` (0, 1, ... in order) applied."""
-    text, number = [], 0
-    for piece in pieces:
-        if piece[0] == "equal":
-            text.append(piece[1])
-        else:
-            text.append(piece[2] if number in accepted else piece[1])
-            number += 1
-    return "".join(text)
-
-
-def typo_distance(a: str, b: str) -> int:
-    """Edit distance where swapping two neighbouring characters costs 1, like the other slips of
-    a finger (optimal string alignment): "enfnats" is one typo away from "enfants", not two. On
-    validation, every edit of the model that was one such swap brought the text closer (34 of 34)."""
-    rows = [list(range(len(b) + 1))]
-    for i in range(1, len(a) + 1):
-        row = [i]
-        for j in range(1, len(b) + 1):
-            best = min(rows[-1][j] + 1, row[j - 1] + 1, rows[-1][j - 1] + (a[i - 1] != b[j - 1]))
-            if i > 1 and j > 1 and a[i - 1] == b[j - 2] and a[i - 2] == b[j - 1]:
-                best = min(best, rows[-2][j - 2] + 1)
-            row.append(best)
-        rows.append(row)
-    return rows[-1][-1]
-
-
-def edits_of(pieces: list[DiffPiece]) -> list[tuple[str, str, str]]:
-    """The edits among the pieces, in order: an edit's number is its index here."""
-    return [piece for piece in pieces if piece[0] == "edit"]
-
-
 class Guard:
     """`guard(source, candidate) -> text`: the candidate, the part of it that passes, or the source."""
 
@@ -117,8 +70,6 @@ class Guard:
         self.input_prefix = input_prefix
         self.config = config or GuardConfig()
         if lexicon is None and (self.config.lexicon or self.config.nonword_margin is not None):
-            from correcteur.augment import french_lexicon
-
             lexicon = french_lexicon()
         self.lexicon = lexicon or frozenset()
 
@@ -128,7 +79,7 @@ class Guard:
     def decide(self, source: str, candidate: str) -> tuple[str, str]:
         """The text to keep and why: unchanged, empty, edit budget, lexicon, margin or accepted."""
         answer = Answer(self, source, candidate)
-        kept, reason = judge(self.config, answer)
+        kept, reason = kept_edits(self.config, answer)
         return answer.text(kept), reason
 
     def is_known(self, word: str, source_words: set[str]) -> bool:
@@ -214,7 +165,7 @@ class Answer:
         return self._scores[text] - self._scores[self.source]
 
 
-def judge(config: GuardConfig, answer: Answer) -> tuple[set[int], str]:
+def kept_edits(config: GuardConfig, answer: Answer) -> tuple[set[int], str]:
     """The edits `config` keeps of `answer`, and why: the one decision `Guard.decide` makes
     and `tune_guard` replays for every setting of its grid."""
     if not answer.every:
@@ -254,102 +205,6 @@ def load_guard_config(folder: str | Path) -> GuardConfig:
     return GuardConfig(**json.loads(path.read_text(encoding="utf-8"))["config"])
 
 
-def response_parts(entry: dict, prefix: str = "") -> list[Part]:
-    """The (part, raw answer, gap) pieces of an answered entry: the whole input, or the parts
-    a sentence too long for the context was answered in."""
-    if "raw_parts" in entry:
-        return [tuple(part) for part in entry["raw_parts"]]
-    return [(entry["input"].removeprefix(prefix), entry["raw_response"], "")]
-
-
-def wilson_bounds(share: float, n: int, z: float) -> tuple[float, float]:
-    """The Wilson score interval of a proportion seen in `n` trials, `z` standard errors wide."""
-    if n == 0:
-        return 0.0, 1.0
-    center = share + z * z / (2 * n)
-    spread = z * math.sqrt(share * (1 - share) / n + z * z / (4 * n * n))
-    return (center - spread) / (1 + z * z / n), (center + spread) / (1 + z * z / n)
-
-
-RATIOS = (0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0)
-MARGINS = (-2.0, -1.0, 0.0, 0.5, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0)
-STRETCH_EDITS = (None, 1, 2, 3)
-NONWORD_MARGINS = (None, -2.0, 0.0, 1.0, 2.0, 3.0)
-
-
-def guard_settings(ratios: tuple[float, ...] = RATIOS, margins: tuple[float, ...] = MARGINS,
-                   stretch_edits: tuple[int | None, ...] = STRETCH_EDITS,
-                   nonword_margins: tuple[float | None, ...] = NONWORD_MARGINS) -> list[GuardConfig]:
-    """The grid `tune_guard` searches: every combination, less those that would ask more of a
-    misspelling fixed than of a French word swapped."""
-    settings = [GuardConfig(*setting) for setting in itertools.product(
-        ratios, margins, (False, True), (False, True), stretch_edits, nonword_margins)]
-    return [c for c in settings if c.nonword_margin is None or c.nonword_margin < c.min_margin]
-
-
-def tune_guard(guard: Guard, entries: list[dict], max_harm: float = 0.05, min_clean: float = 0.97,
-               settings: list[GuardConfig] | None = None, prefix: str = "", z: float = 1.0
-               ) -> tuple[GuardConfig, list[dict]]:
-    """Pick the thresholds with the best error reduction whose harm rate and clean-text
-    preservation meet the targets, on entries that carry `raw_response` (validation split).
-
-    The targets must hold `z` standard errors inside their bounds (Wilson intervals): out of
-    hundreds of settings, the best-looking one on a few dozen clean sentences is flattered by chance,
-    and a guard tuned on point estimates kept 0.88 of the test split's clean sentences where
-    validation had promised 0.98 (benchmarks/RESULTS.md). `z=0` compares the point estimates.
-
-    The model scores each entry once (one batch: the input, the answer with and without the
-    lexicon step and each stretch budget, and each edit alone), so the grid's size costs no
-    model time, and each distinct guarded answer is compared with its reference once. A guard tuned
-    without a lexicon (`lexicon=False` and none given) treats every word as known. When no
-    setting meets the targets, the one with the lowest harm rate (then the best error reduction) wins."""
-    if not entries:
-        raise UserError("no validation entries to tune the guard on (an empty file, or --limit 0)")
-    settings = guard_settings() if settings is None else settings
-    if not settings:
-        raise ValueError("tune_guard needs at least one setting to try")
-    max_ratio = max(c.max_edit_ratio for c in settings)
-    stretch_edits = {c.max_stretch_edits for c in settings}
-    answers = []  # for each entry, (Answer, gap) for each part it was answered in
-    for entry in tqdm(entries, desc="tuning the guard", unit="entry", disable=None):
-        parts = [(Answer(guard, source, raw), gap) for source, raw, gap in response_parts(entry, prefix)]
-        for answer, _ in parts:
-            if answer.every and answer.candidate.strip() and \
-                    answer.distance <= max(1.0, max_ratio * len(answer.source)):
-                whole = [answer.near(edits, limit) for edits in (answer.every, answer.known) for limit in stretch_edits]
-                answer.score([*(answer.text(edits) for edits in whole),
-                              *(answer.text({n}) for n in answer.every)])  # all the grid will ask, one batch
-        answers.append(parts)
-
-    stats: dict[tuple[int, str], EntryStats] = {}  # settings often agree: score each response once
-
-    def stats_of(index: int, response: str) -> EntryStats:
-        if (index, response) not in stats:
-            entry = {**entries[index], "model_response": response}
-            stats[index, response] = entry_stats(*entry_texts(entry, prefix, index))
-        return stats[index, response]
-
-    results = []
-    for config in settings:
-        scores = aggregate([stats_of(index, "".join(answer.text(judge(config, answer)[0]) + gap
-                                                    for answer, gap in parts))
-                            for index, parts in enumerate(answers)])
-        results.append({**dataclasses.asdict(config), **{k: scores[k] for k in (
-            "error_reduction", "harm_rate", "clean_preserved", "exact_match", "n", "n_clean")}})
-
-    def meets(r: dict) -> bool:
-        harm_ok = wilson_bounds(r["harm_rate"] or 0.0, r["n"], z)[1] <= max_harm
-        return harm_ok and (r["clean_preserved"] is None or
-                            wilson_bounds(r["clean_preserved"], r["n_clean"], z)[0] >= min_clean)
-
-    for r in results:
-        r["meets_targets"] = meets(r)
-    eligible = [r for r in results if r["meets_targets"]]
-    best = (max(eligible, key=lambda r: r["error_reduction"] or 0.0) if eligible
-            else min(results, key=lambda r: (r["harm_rate"] or 0.0, -(r["error_reduction"] or 0.0))))
-    return GuardConfig(**{field.name: best[field.name] for field in dataclasses.fields(GuardConfig)}), results
-
-
 def checkpoint_folder(checkpoint: str | Path) -> Path:
     path = Path(checkpoint)
     return path if path.is_dir() else path.parent
@@ -362,62 +217,3 @@ def guard_for_checkpoint(model: torch.nn.Module, tokenizer, prompt_style: str,
                  input_prefix=input_prefix)
 
 
-def calibrate_guard(checkpoint: str | Path, val_path: str | Path, limit: int | None = None,
-                    prefix: str = "", batch_size: int = 32) -> GuardConfig:
-    """Answer the validation split, tune the thresholds on it and save them as guard.json
-    next to the checkpoint, where `Corrector.from_checkpoint` and `evaluate` find them."""
-    from correcteur.correct import Corrector
-    from correcteur.evaluate import respond
-    from correcteur.files import load_entries
-
-    corrector = Corrector.from_checkpoint(checkpoint, guard=False, batch_size=batch_size)
-    entries = load_entries(val_path)[:limit]
-    answered = respond(corrector, entries, prefix=prefix, batch_size=batch_size)
-    guard = Guard(corrector.model, corrector.tokenizer, corrector.prompt_style, input_prefix=corrector.input_prefix)
-    config, grid = tune_guard(guard, answered, prefix=prefix)
-    folder = checkpoint_folder(checkpoint)
-    write_json(folder / "guard_val_responses.json", answered)  # what the thresholds were tuned on
-    save_guard_config(config, folder, {"val_file": str(val_path), "entries": len(entries), "grid": grid})
-    return config
-
-
-def grid_row(grid: list[dict], config: GuardConfig) -> dict:
-    """The row of `tune_guard`'s grid that holds `config`'s setting (a grid saved before a
-    check existed lacks its key: the check was off, None)."""
-    setting = dataclasses.asdict(config)
-    for row in grid:
-        if all(row.get(k) == v for k, v in setting.items()):
-            return row
-    raise UserError(f"the saved tuning grid has no row for {config}: tune the guard again "
-                    "(`python -m correcteur guard`)")
-
-
-def chosen_setting(checkpoint: str | Path) -> dict:
-    """The grid row of the setting `calibrate_guard` saved beside `checkpoint`: what validation
-    promised for it, and whether it met the targets."""
-    saved = json.loads((checkpoint_folder(checkpoint) / GUARD_FILE).read_text(encoding="utf-8"))
-    return grid_row(saved["tuning"]["grid"], GuardConfig(**saved["config"]))
-
-
-def describe_setting(row: dict) -> str:
-    return ", ".join(f"{k} {row[k]:.3f}" for k in ("error_reduction", "harm_rate", "clean_preserved")
-                     if row[k] is not None)
-
-
-def add_guard_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", required=True, help="a training run's folder (checkpoints/<run>/) or its best.pt")
-    parser.add_argument("--val", required=True, help="the validation split (val.json from `correcteur data`)")
-    parser.add_argument("--limit", type=int, default=None, help="tune on the first N entries only (none: all)")
-    parser.add_argument("--prefix", default="", help="task prefix to strip from inputs (as in `respond`)")
-    parser.add_argument("--batch-size", type=int, default=32, help="sentences generated together")
-
-
-def run_guard(args: argparse.Namespace) -> int:
-    config = calibrate_guard(args.checkpoint, args.val, limit=args.limit, prefix=args.prefix,
-                             batch_size=args.batch_size)
-    chosen = chosen_setting(args.checkpoint)
-    verdict = ("meets the targets" if chosen["meets_targets"] else
-               "no setting meets the targets: the lowest harm rate was taken")
-    print(f"{config}\non {chosen['n']} validation entries ({verdict}): {describe_setting(chosen)}"
-          f"\nsaved: {checkpoint_folder(args.checkpoint) / GUARD_FILE}")
-    return 0

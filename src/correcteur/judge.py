@@ -13,7 +13,6 @@ stricter prompt, then kept as unparsed (None): reported, never dropped, never sc
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import re
@@ -26,8 +25,7 @@ import requests
 from tqdm import tqdm
 
 from correcteur.errors import UserError
-from correcteur.files import load_entries, write_json
-from correcteur.metrics import DEFAULT_PREFIX, entry_texts
+from correcteur.metrics import entry_texts
 
 DEFAULT_URL = "http://localhost:11434"
 DEFAULT_CHAT_URL = DEFAULT_URL + "/api/chat"
@@ -228,7 +226,7 @@ def judge_entry(source: str, reference: str, response: str, model: str, url: str
 
 def generate_model_scores(json_data: list[dict], json_key: str = "model_response",
                           model: str = "llama3", *, url: str = DEFAULT_CHAT_URL,
-                          prefix: str = DEFAULT_PREFIX, cache_path: str | Path | None = None,
+                          cache_path: str | Path | None = None,
                           progress: bool = True, **query_options) -> list[int | None]:
     """One score per entry, in order (None = the judge's answers did not parse), judging
     `entry[json_key]` against the input and the reference output (the course's function).
@@ -237,7 +235,7 @@ def generate_model_scores(json_data: list[dict], json_key: str = "model_response
     the same again) is appended to that JSONL file as soon as it is known, and entries found
     there are not asked again, so an interrupted run resumes. `query_options` go to
     `query_model` (api, timeout, retries, backoff, ...)."""
-    texts = [entry_texts(e, prefix, i, json_key) for i, e in enumerate(json_data)]
+    texts = [entry_texts(e, i, json_key) for i, e in enumerate(json_data)]
     cache, cache_file = open_cache(Path(cache_path)) if cache_path is not None else ({}, None)
     scores = []
     try:
@@ -285,42 +283,3 @@ def format_summary(summary: dict, model: str) -> str:
     median = "—" if summary["median"] is None else f"{summary['median']:g}"
     return (f"{model} scored {summary['n_scored']} of {summary['n']} entries "
             f"({summary['n_unparsed']} unparsed): mean {mean}, median {median}")
-
-
-def add_judge_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("file", help="JSON list of entries with input, output and a response")
-    parser.add_argument("--model", default="llama3", help="the judge model, as the server names it")
-    parser.add_argument("--url", default=DEFAULT_URL,
-                        help="server root, or a full .../api/chat or .../v1/chat/completions url")
-    parser.add_argument("--api", choices=sorted(CHAT_PATHS), default=None,
-                        help="request format; default: read from --url, else ollama")
-    parser.add_argument("--key", default="model_response", help="the entry field to judge")
-    parser.add_argument("--prefix", default=DEFAULT_PREFIX, help="task prefix removed from each input")
-    parser.add_argument("--out", help="where to write the entries with their judge_score; when "
-                        "not given, FILE's name + .judged.json (never FILE itself)")
-    parser.add_argument("--json", metavar="SUMMARY.json", help="also write the summary to this file")
-    parser.add_argument("--figure", metavar="OUT.png", help="save the histogram of scores here")
-    parser.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for one answer")
-    parser.add_argument("--retries", type=int, default=3,
-                        help="extra tries after a timeout, refused connection or server error")
-
-
-def run_judge(args: argparse.Namespace) -> int:
-    source = Path(args.file)
-    out = Path(args.out) if args.out else source.with_name(source.stem + ".judged.json")
-    if out.resolve() == source.resolve():
-        raise UserError(f"--out {out} is the input file; the judge never overwrites its input")
-    entries = load_entries(source)
-    check_server(args.url, args.model, args.api, timeout=min(args.timeout, 10.0))
-    scores = generate_model_scores(entries, args.key, args.model, url=args.url, prefix=args.prefix,
-                                   cache_path=out.with_suffix(".cache.jsonl"), api=args.api,
-                                   timeout=args.timeout, retries=args.retries)
-    write_json(out, [{**e, SCORE_KEY: s} for e, s in zip(entries, scores, strict=True)])
-    summary = summarize_scores(scores)
-    print(format_summary(summary, args.model))
-    print(f"scores written to {out}; read them next to `python -m correcteur score {source}`")
-    if args.json:
-        write_json(args.json, {"model": args.model, **summary})
-    if args.figure:
-        plot_score_histogram(scores, args.figure)
-    return 0

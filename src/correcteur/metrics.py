@@ -6,8 +6,7 @@ relative to the input: `error_reduction` is 0 for the copy and negative when the
 adds more errors than it removes, `harm_rate` counts the entries it made worse, and
 `clean_preserved` checks that correct sentences are left alone.
 
-Texts are compared after Unicode NFC normalisation and stripping of surrounding whitespace;
-the dataset's task prefix (`grammaire: `) is removed from the input first.
+Texts are compared after Unicode NFC normalisation and stripping of surrounding whitespace.
 
 Word-level edits (for precision, recall and F0.5): both texts are split into words and single
 punctuation marks (`\\w+|[^\\w\\s]`), then the input is aligned with a target (the reference,
@@ -23,7 +22,6 @@ Whitespace-only differences are invisible at word level; the character error rat
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import math
 import re
@@ -32,48 +30,13 @@ import unicodedata
 from pathlib import Path
 from typing import NamedTuple
 
-from correcteur.baselines import copy_baseline
-from correcteur.data import HF_PREFIX
 from correcteur.errors import UserError
-from correcteur.files import load_entries, write_json
+from correcteur.textdiff import levenshtein
 
-DEFAULT_PREFIX = HF_PREFIX  # stripped from inputs when present, as the HF dataset has it
 BETA = 0.5  # F0.5: a wrong correction costs more than a missed one, as in grammatical error correction
 WORD = re.compile(r"\w+|[^\w\s]")
 SCORE_KEYS = ("n", "n_with_errors", "n_clean", "exact_match", "cer", "copy_cer",
               "error_reduction", "harm_rate", "clean_preserved", "precision", "recall", "f0_5")
-
-
-def levenshtein(a: str, b: str) -> int:
-    """Character edit distance (insertions, deletions, substitutions all cost 1).
-
-    Two rows of the dynamic programme; the common prefix and suffix are skipped first, which
-    makes near-identical sentences (the usual case here) cost little more than a comparison."""
-    start = 0
-    while start < len(a) and start < len(b) and a[start] == b[start]:
-        start += 1
-    end_a, end_b = len(a), len(b)
-    while end_a > start and end_b > start and a[end_a - 1] == b[end_b - 1]:
-        end_a -= 1
-        end_b -= 1
-    a, b = a[start:end_a], b[start:end_b]
-    if len(a) < len(b):
-        a, b = b, a
-    previous = list(range(len(b) + 1))
-    for i, char_a in enumerate(a, 1):
-        left = i
-        current = [left]
-        for char_b, diagonal, up in zip(b, previous, previous[1:], strict=False):
-            if char_a != char_b:  # else the diagonal (keep the character) is always cheapest
-                if up < diagonal:
-                    diagonal = up
-                if left < diagonal:
-                    diagonal = left
-                diagonal += 1
-            left = diagonal
-            current.append(left)
-        previous = current
-    return previous[-1]
 
 
 class Edit(NamedTuple):
@@ -126,9 +89,8 @@ def normalize(text: str) -> str:
     return unicodedata.normalize("NFC", text).strip()
 
 
-def entry_texts(entry: dict, prefix: str = DEFAULT_PREFIX, index: int = 0,
-                response_key: str = "model_response") -> tuple[str, str, str]:
-    """(input without its prefix, reference, response) of an entry, normalised."""
+def entry_texts(entry: dict, index: int = 0, response_key: str = "model_response") -> tuple[str, str, str]:
+    """(input, reference, response) of an entry, normalised; `index` names it in errors."""
     texts = []
     for key in ("input", "output", response_key):
         value = entry.get(key) if isinstance(entry, dict) else None
@@ -136,8 +98,7 @@ def entry_texts(entry: dict, prefix: str = DEFAULT_PREFIX, index: int = 0,
             hint = " (run `python -m correcteur respond` first)" if key == response_key else ""
             raise UserError(f"entry {index} has no text under {key!r}{hint}")
         texts.append(normalize(value))
-    source, reference, response = texts
-    return normalize(source.removeprefix(prefix.strip())), reference, response
+    return texts[0], texts[1], texts[2]
 
 
 class EntryStats(NamedTuple):
@@ -199,7 +160,7 @@ def aggregate(stats: list[EntryStats]) -> dict:
     }
 
 
-def score_entries(entries: list[dict], prefix: str = DEFAULT_PREFIX) -> dict:
+def score_entries(entries: list[dict]) -> dict:
     """Scores of entries with `input`, `output` (the reference) and `model_response`.
 
     Returns the keys of `SCORE_KEYS`, plus `per_error_type: {type: {same keys}}` when the
@@ -207,7 +168,7 @@ def score_entries(entries: list[dict], prefix: str = DEFAULT_PREFIX) -> dict:
     list is empty, in none)."""
     if not entries:
         raise UserError("there are no entries to score: the file holds an empty list")
-    stats = [entry_stats(*entry_texts(e, prefix, i)) for i, e in enumerate(entries)]
+    stats = [entry_stats(*entry_texts(e, i)) for i, e in enumerate(entries)]
     scores = aggregate(stats)
     if any("error_types" in e for e in entries):
         types = sorted({t for e in entries for t in e.get("error_types") or ()})
@@ -283,37 +244,3 @@ def plot_error_types(scores: dict, baselines: dict[str, dict] | None = None,
     if save_path is not None:
         fig.savefig(save_path, dpi=120)
     return fig
-
-
-def _named_file(text: str) -> tuple[str, str]:
-    name, sep, path = text.partition("=")
-    if not sep or not name or not path:
-        raise argparse.ArgumentTypeError(f"expected NAME=FILE, got {text!r}")
-    return name, path
-
-
-def add_score_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("file", help="JSON list of entries with input, output and model_response")
-    parser.add_argument("--json", metavar="OUT.json", help="also write the model's scores to this file")
-    parser.add_argument("--prefix", default=DEFAULT_PREFIX,
-                        help="task prefix removed from each input before comparing")
-    parser.add_argument("--baseline", action="append", default=[], type=_named_file,
-                        metavar="NAME=FILE", help="another system's responses to show side by side "
-                        "(e.g. base=base_responses.json); may be repeated")
-    parser.add_argument("--figure", metavar="OUT.png", help="save the bar chart per error type here")
-
-
-def run_score(args: argparse.Namespace) -> int:
-    entries = load_entries(args.file)
-    scores = score_entries(entries, args.prefix)
-    baselines = {"copy": score_entries(copy_baseline(entries, args.prefix), args.prefix)}
-    for name, path in args.baseline:
-        baselines[name] = score_entries(load_entries(path), args.prefix)
-    print(format_table(scores, baselines))
-    if args.json:
-        write_json(args.json, scores)
-        print(f"\nscores written to {args.json}")
-    if args.figure:
-        plot_error_types(scores, baselines, save_path=args.figure)
-        print(f"figure written to {args.figure}")
-    return 0

