@@ -98,3 +98,42 @@ def test_evaluate_a_tiny_checkpoint(tmp_path, tokenizer, capsys):
                                  out=str(tmp_path / "eval"), base_model=False, grammalecte=False))
     assert report["guard_tuned"] and report["guard"] == tuned["config"]
     assert main(["guard", "--checkpoint", str(tmp_path / "nothing"), "--val", str(data / "val.json")]) == 2
+
+
+@pytest.mark.slow
+def test_the_input_prefix_is_recorded_once_and_put_in_every_prompt_once(tmp_path, monkeypatch):
+    """Data built with a prefix, a model trained on it, the guard tuned, the test split evaluated:
+    every prompt the model reads (training, answers, guard scores) carries the prefix exactly once."""
+    from correcteur import prompt
+    from correcteur.augment import AugmentConfig
+    from correcteur.data import DataConfig, build_dataset
+    from correcteur.guard_tuning import calibrate_guard
+
+    prefix = "grammaire: "
+    sentences = tmp_path / "sentences.csv"
+    sentences.write_text("text\n" + "\n".join(f"Les enfants jouent au parc numéro {i}." for i in range(40)),
+                         encoding="utf-8")
+    data = tmp_path / "data"
+    build_dataset(DataConfig(source=str(sentences), out=str(data), input_prefix=prefix,
+                             augment=AugmentConfig(variants=1)), lexicon=frozenset({"les", "enfants", "parc"}))
+    assert not any(prefix in e["input"] for split in ("train", "val", "test")
+                   for e in json.loads((data / f"{split}.json").read_text(encoding="utf-8")))
+
+    prompts = []
+    real_format_input = prompt.format_input
+
+    def recording(entry, style="alpaca", input_prefix=""):
+        text = real_format_input(entry, style, input_prefix)
+        prompts.append(text)
+        return text
+
+    monkeypatch.setattr(prompt, "format_input", recording)
+    run = train(TrainConfig(model="gpt2-tiny", allow_scratch=True, data_dir=str(data), out_dir=str(tmp_path),
+                            run_name="prefixed", prompt_style="short", lr=1e-3, batch_size=4, eval_freq=2,
+                            eval_iter=1, max_steps=2))
+    trained_prompts = len(prompts)
+    calibrate_guard(run.run_dir, data / "val.json", limit=4, batch_size=4)
+    evaluate(EvalConfig(checkpoint=str(run.run_dir), test=str(data / "test.json"), out=str(tmp_path / "eval"),
+                        limit=4, base_model=False, grammalecte=False))
+    assert trained_prompts > 0 and len(prompts) > trained_prompts  # training, and correction / guard scoring
+    assert all(text.count(prefix) == 1 for text in prompts), [t for t in prompts if t.count(prefix) != 1][:3]

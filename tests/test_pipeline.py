@@ -29,7 +29,29 @@ def test_tiny_profile_runs_every_notebook(tmp_path, monkeypatch):
     assert report["baselines"]["copy"]["error_reduction"] == 0  # the do-nothing baseline, by definition
     assert (tmp_path / "checkpoints" / run_dir.name / "best.pt").is_file()
     assert (tmp_path / "checkpoints" / run_dir.name / "guard.json").is_file()
-    assert '"image/png"' in (run_dir / "03_finetune.ipynb").read_text(encoding="utf-8")  # the loss plot inline
+    expected_images = {"02_dataset": 1, "03_finetune": 1, "04_evaluate": 1}  # statistics, loss, error types
+    for name in pipeline.NOTEBOOKS:
+        assert images_in(run_dir / f"{name}.ipynb") == expected_images.get(name, 0), name
+    assert "Corrigez le texte suivant.\n" in outputs_of(run_dir / "02_dataset.ipynb")  # one formatted prompt
+    assert "-> -100" in outputs_of(run_dir / "03_finetune.ipynb")  # one collated batch, its masked targets
+
+
+def images_in(path) -> int:
+    notebook = nbformat.read(path, as_version=4)
+    return sum("image/png" in output.get("data", {}) for cell in notebook.cells if cell.cell_type == "code"
+               for output in cell.outputs)
+
+
+def outputs_of(path) -> str:
+    notebook = nbformat.read(path, as_version=4)
+    return "".join(output.get("text", "") + output.get("data", {}).get("text/plain", "")
+                   for cell in notebook.cells if cell.cell_type == "code" for output in cell.outputs)
+
+
+def test_the_finetuning_notebook_loads_the_base_model_once():
+    notebook = nbformat.read(pipeline.PROJECT_ROOT / "notebooks" / "03_finetune.ipynb", as_version=4)
+    code = "".join(cell.source for cell in notebook.cells if cell.cell_type == "code")
+    assert code.count("load_base_model(") == 1 and "model=copy.deepcopy(base_model)" in code
 
 
 def test_profiles_and_auto(monkeypatch):
@@ -40,5 +62,6 @@ def test_profiles_and_auto(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert pipeline.get_profile("auto").name == "gpu"
     assert pipeline.get_profile("gpu").model == "gpt2-medium"
+    assert pipeline.get_profile("quality").eval_limit == 400  # the README's numbers
     with pytest.raises(ValueError, match="unknown profile"):
         pipeline.get_profile("huge")
