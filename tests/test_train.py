@@ -159,6 +159,69 @@ def test_calc_loss_loader_follows_the_course():
     assert both == pytest.approx((one + second) / 2)
 
 
+def test_train_model_simple_is_the_course_loop(capsys):
+    """The course's setting (chapter 7): DataLoaders over `InstructionDataset` with a partial of
+    `custom_collate_fn`, AdamW, `num_epochs`, `eval_freq`, `eval_iter`. Its losses equal a
+    reference loop written here the plain way (full logits, the course's cross-entropy), and it
+    prints what the course prints."""
+    from functools import partial
+
+    from torch.utils.data import DataLoader
+
+    from correcteur.prompt import format_input
+    from correcteur.train import train_model_simple
+
+    tok = CharTokenizer()
+    collate = partial(custom_collate_fn, pad_token_id=tok.eot_token, device="cpu")
+    train_set = InstructionDataset(entries(PAIRS[:6]), tok, "short")
+    val_set = InstructionDataset(entries(PAIRS[6:]), tok, "short")
+
+    def loaders():
+        torch.manual_seed(123)  # the shuffle of the training loader
+        return (DataLoader(train_set, batch_size=2, collate_fn=collate, shuffle=True, drop_last=True),
+                DataLoader(val_set, batch_size=2, collate_fn=collate, shuffle=False))
+
+    def plain_loss(model, loader, n):
+        losses = [torch.nn.functional.cross_entropy(model(x).flatten(0, 1), y.flatten()).item()
+                  for x, y in list(loader)[:n]]
+        return sum(losses) / len(losses)
+
+    model = tiny_model(seed=3)
+    train_loader, val_loader = loaders()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.1)
+    expected_train, expected_val, expected_tokens, seen, step = [], [], [], 0, -1
+    for _ in range(2):
+        model.train()
+        for x, y in train_loader:
+            optimizer.zero_grad()
+            torch.nn.functional.cross_entropy(model(x).flatten(0, 1), y.flatten()).backward()
+            optimizer.step()
+            seen, step = seen + x.numel(), step + 1
+            if step % 2 == 0:
+                model.eval()
+                with torch.no_grad():
+                    expected_train.append(plain_loss(model, train_loader, 2))
+                    expected_val.append(plain_loss(model, val_loader, 2))
+                expected_tokens.append(seen)
+                model.train()
+
+    model = tiny_model(seed=3)
+    train_loader, val_loader = loaders()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.1)
+    train_losses, val_losses, tokens_seen = train_model_simple(
+        model, train_loader, val_loader, optimizer, "cpu", num_epochs=2, eval_freq=2, eval_iter=2,
+        start_context=format_input(entries(PAIRS[6:])[0], "short"), tokenizer=tok)
+
+    assert len(train_losses) == len(val_losses) == len(tokens_seen) == 3  # steps 0, 2, 4 of 6
+    assert train_losses == pytest.approx(expected_train, rel=1e-5)
+    assert val_losses == pytest.approx(expected_val, rel=1e-5)
+    assert tokens_seen == expected_tokens
+    assert train_losses[-1] < train_losses[0]
+    printed = capsys.readouterr().out
+    assert "Ep 1 (Step 000000): Train loss " in printed and "Ep 2 (Step 000004)" in printed
+    assert printed.count("Corrigez.") == 2  # one sample continuation per epoch, from start_context
+
+
 # ----------------------------------------------------------------------------- training
 
 

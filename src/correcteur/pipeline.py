@@ -5,7 +5,7 @@ A *profile* sizes the whole pipeline for the machine at hand; every notebook rea
 
 - `gpu`: the user's setting, gpt2-medium (355M) fine-tuned on the Hugging Face dataset (the
   embedded corpus when the hub is unreachable), 5 epochs, AdamW 5e-5.
-- `cpu`: the same pipeline sized for a 2-core CPU (20 minutes in all): SmolLM2-135M with
+- `cpu`: the same pipeline sized for a 2-core CPU: SmolLM2-135M with
   LoRA on the embedded corpus, 8 minutes of training, 120 test sentences.
 - `quality`: the CPU corrector whose numbers the README reports: SmolLM2-135M with LoRA on the
   embedded corpus with 4 corrupted copies of each sentence, up to 90 minutes of training (early
