@@ -33,7 +33,8 @@ from correcteur.weights import load_base_model
 
 def quality_data() -> Path:
     """The `quality` profile's dataset (embedded corpus, seed 123), built on first use into a
-    folder named by the settings that shape it, so a changed profile never reuses stale data."""
+    folder named by its prompt style and variants (a change to other data settings needs the
+    folder deleted)."""
     profile = PROFILES["quality"]
     style, variants = profile.train["prompt_style"], profile.variants_per_sentence
     data_dir = PROJECT_ROOT / "data" / "quality" / f"{style}-v{variants}-seed123"

@@ -106,9 +106,7 @@ def main() -> None:
     if args.shape:
         cfg = gpt2_config(args.shape)
         args.layers, args.dim, args.heads = cfg["n_layers"], cfg["emb_dim"], cfg["n_heads"]
-    device = torch.device(args.device)
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
+    device = torch.device(args.device)  # TF32 left as torch sets it, as in train()
     amp = (torch.autocast(device.type, dtype=torch.bfloat16) if args.bf16 else contextlib.nullcontext())
     precision = "bf16 autocast" if args.bf16 else "fp32"
 

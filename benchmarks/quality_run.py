@@ -6,7 +6,7 @@ then its run folder's results written into benchmarks/RESULTS.md.
     python benchmarks/quality_run.py --from-run runs/<run>    # only rewrite RESULTS.md from a finished run
 
 Every step writes its config next to its results: the dataset's manifest.json, the run's
-config.json in checkpoints/<run>/, guard.json beside it, and report.json in the run folder.
+config.json in checkpoints/<run>/, guard.json beside it, and report.json in runs/<run>/eval/.
 """
 
 from __future__ import annotations
@@ -19,11 +19,10 @@ from pathlib import Path
 from results import command_line, write_section
 
 from correcteur.files import PROJECT_ROOT
+from correcteur.guard import GuardConfig
 from correcteur.guard_tuning import chosen_setting, describe_setting
-from correcteur.pipeline import PROFILES, RunPaths
+from correcteur.pipeline import RunPaths
 from correcteur.pipeline import main as pipeline_main
-
-PROFILE = PROFILES["quality"]
 
 
 def results_text(run_dir: Path) -> str:
@@ -37,12 +36,15 @@ def results_text(run_dir: Path) -> str:
     summary = load(run_dir / "training.json")["summary"]
     checkpoint = Path(load(run_dir / "training.json")["checkpoint"])
     report = load(paths.eval_dir / "report.json")
-    guard = load(checkpoint / "guard.json")["config"]
+    guard = GuardConfig(**load(checkpoint / "guard.json")["config"])
     promised = chosen_setting(checkpoint)
-    train = PROFILE.train
-    minutes = sum(t["seconds"] for t in load(run_dir / "timings.json")) / 60 if (run_dir / "timings.json").exists() else None
+    profile = load(run_dir / "profile.json")  # the settings the run had, whatever the profile says today
+    train = profile["train"]
+    timings = load(run_dir / "timings.json") if (run_dir / "timings.json").exists() else []
+    minutes = sum(t["seconds"] for t in timings) / 60
+    resumed = len(timings) > len({t["notebook"] for t in timings})
     return "\n".join([
-        f"`{PROFILE.model}`, LoRA rank {train['lora_rank']}, lr {train['lr']}, batch {train['batch_size']}, "
+        f"`{profile['model']}`, LoRA rank {train['lora_rank']}, lr {train['lr']}, batch {train['batch_size']}, "
         f"prompt `{train['prompt_style']}`. Data: embedded corpus, seed 123, {manifest['counts']} pairs "
         f"(split by sentence before augmentation).",
         f"Training: {summary['steps']} steps ({summary['steps'] * train['batch_size']:,} examples, batches grouped by "
@@ -54,7 +56,8 @@ def results_text(run_dir: Path) -> str:
         f"the targets required one standard error inside their bounds ("
         f"{'met' if promised['meets_targets'] else 'met by no setting: the lowest harm rate was taken'}): "
         f"{guard}; on validation it gave {describe_setting(promised)}.",
-        *([f"The whole run (five notebooks): {minutes / 60:.2f} h."] if minutes else []),
+        *([f"The whole run (five notebooks{', over its resumed invocations' if resumed else ''}): "
+           f"{minutes / 60:.2f} h."] if minutes else []),
         "",
         f"Held-out test split, {report['n']} entries (targets: harm_rate ≤ 0.05, clean_preserved ≥ 0.97, "
         "error_reduction ≥ 0.30):",
@@ -81,8 +84,7 @@ def main() -> None:
     body = results_text(run_dir)
     print(body)
     write_section("Quality of the CPU corrector (profile quality)", body,
-                  command="make run PROFILE=quality" if args.from_run is None and args.resume is None
-                  else command_line("quality_run.py", parser, args))
+                  command=command_line("quality_run.py", parser, args))
 
 
 if __name__ == "__main__":

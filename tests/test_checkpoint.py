@@ -156,7 +156,7 @@ def _greedy(model, prompts: list[str]) -> list[str]:
 def _prompts():
     from test_train import entries
 
-    from correcteur.data import build_prompt
+    from correcteur.prompt import build_prompt
 
     return [build_prompt(e, "short") for e in entries(PAIRS[:4])]
 

@@ -172,3 +172,15 @@ def test_score_command(tmp_path, capsys):
     assert "copy" in capsys.readouterr().out
     assert main(["score", str(tmp_path / "missing.json")]) == 2
     assert "missing.json does not exist" in capsys.readouterr().err
+
+
+def test_inputs_that_still_carry_the_task_prefix_are_refused_not_scored(tmp_path, capsys):
+    """Entries never carry the dataset's prefix; an old file whose inputs do would have the prefix
+    counted as an error the copy baseline leaves in."""
+    path = tmp_path / "old.json"
+    path.write_text(json.dumps([{**ENTRIES[0], "input": "grammaire: " + ENTRIES[0]["input"]}, ENTRIES[1]]))
+    assert main(["score", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "1 of 2 inputs start with 'grammaire: '" in err and "Traceback" not in err
+    assert main(["judge", str(path), "--url", "http://127.0.0.1:9"]) == 2
+    assert "1 of 2 inputs start with 'grammaire: '" in capsys.readouterr().err

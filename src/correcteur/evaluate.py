@@ -22,7 +22,7 @@ from correcteur.errors import UserError
 from correcteur.files import load_entries, write_json
 from correcteur.guard import GUARD_FILE, checkpoint_folder
 from correcteur.judge import check_server, generate_model_scores, summarize_scores
-from correcteur.metrics import format_table, plot_error_types, score_entries
+from correcteur.metrics import format_table, plot_error_types, refuse_task_prefix, score_entries
 from correcteur.respond import respond
 from correcteur.weights import load_base_model
 
@@ -55,7 +55,7 @@ def evaluate(config: EvalConfig) -> dict:
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "config.json", dataclasses.asdict(config))
-    entries = load_entries(config.test)[: config.limit]
+    entries = refuse_task_prefix(load_entries(config.test)[: config.limit], config.test)
     if not entries:
         raise UserError(f"{config.test} holds no entries")
 

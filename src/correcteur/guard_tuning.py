@@ -28,7 +28,7 @@ from correcteur.guard import (
     kept_edits,
     save_guard_config,
 )
-from correcteur.metrics import EntryStats, aggregate, entry_stats, entry_texts
+from correcteur.metrics import EntryStats, aggregate, entry_stats, entry_texts, refuse_task_prefix
 from correcteur.respond import respond, response_parts
 
 
@@ -125,7 +125,7 @@ def calibrate_guard(checkpoint: str | Path, val_path: str | Path, limit: int | N
     """Answer the validation split, tune the thresholds on it and save them as guard.json
     next to the checkpoint, where `Corrector.from_checkpoint` and `evaluate` find them."""
     corrector = Corrector.from_checkpoint(checkpoint, guard=False, batch_size=batch_size)
-    entries = load_entries(val_path)[:limit]
+    entries = refuse_task_prefix(load_entries(val_path)[:limit], str(val_path))
     answered = respond(corrector, entries, batch_size=batch_size)
     guard = Guard(corrector.model, corrector.tokenizer, corrector.prompt_style, input_prefix=corrector.input_prefix)
     config, grid = tune_guard(guard, answered)

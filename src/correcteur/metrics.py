@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from correcteur.errors import UserError
+from correcteur.prompt import HF_PREFIX
 from correcteur.textdiff import levenshtein
 
 BETA = 0.5  # F0.5: a wrong correction costs more than a missed one, as in grammatical error correction
@@ -87,6 +88,18 @@ def word_edits(source: list[str], target: list[str]) -> list[Edit]:
 
 def normalize(text: str) -> str:
     return unicodedata.normalize("NFC", text).strip()
+
+
+def refuse_task_prefix(entries: list[dict], origin: str) -> list[dict]:
+    """`entries`, unless their inputs still carry the Hugging Face dataset's task prefix, which
+    would be scored as an error to fix: entries never carry a prefix (the prompt adds it)."""
+    prefixed = sum(isinstance(e, dict) and str(e.get("input", "")).startswith(HF_PREFIX) for e in entries)
+    if prefixed:
+        raise UserError(f"{origin}: {prefixed} of {len(entries)} inputs start with {HF_PREFIX!r}, the Hugging "
+                        "Face dataset's task prefix. Entries no longer carry a prefix (the data manifest records "
+                        "it and the prompt adds it): rebuild the file with `python -m correcteur data`, or strip "
+                        "the prefix from its inputs.")
+    return entries
 
 
 def entry_texts(entry: dict, index: int = 0, response_key: str = "model_response") -> tuple[str, str, str]:

@@ -219,7 +219,8 @@ def run_pipeline(profile: Profile, run_dir: Path) -> Path:
     write_json(run_dir / "profile.json", dataclasses.asdict(profile))
     print(f"profile {profile.name}: writing the executed notebooks to {run_dir}", flush=True)
     timings = run_notebooks(profile, run_dir)
-    write_json(run_dir / "timings.json", timings)
+    earlier = json.loads((run_dir / "timings.json").read_text(encoding="utf-8")) if (run_dir / "timings.json").exists() else []
+    write_json(run_dir / "timings.json", earlier + timings)  # a resumed run adds its invocation
     return write_summary(profile, run_dir, timings)
 
 

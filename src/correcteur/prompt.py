@@ -11,6 +11,7 @@ from __future__ import annotations
 from correcteur.errors import UserError
 
 INSTRUCTION = "Corrigez le texte suivant."
+HF_PREFIX = "grammaire: "  # the task prefix of the Hugging Face dataset's inputs
 SPECIAL_TOKEN = "<|endoftext|>"
 ALPACA_PREAMBLE = ("Below is an instruction that describes a task. "
                    "Write a response that appropriately completes the request.")

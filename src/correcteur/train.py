@@ -170,9 +170,9 @@ class TrainConfig:
     data_dir: str = _option("data", "folder holding train.json and val.json (from `correcteur data`)", flag="--data")
     out_dir: str = _option("checkpoints", "folder that receives the run directory", flag="--out")
     run_name: str | None = _option(None, "run directory inside --out; none: the model name (+ -loraR with LoRA)", type=str)
-    models_dir: str = _option("checkpoints", "where downloaded base weights live (weights.py)")
+    models_dir: str = _option("checkpoints", "where downloaded base weights live (fetched by fetch.py)")
     allow_scratch: bool = _option(False, "train from random weights when no pretrained weights exist (says so loudly)")
-    prompt_style: str = _option("alpaca", "prompt template of data.build_prompt: alpaca or short")
+    prompt_style: str = _option("alpaca", "prompt template of prompt.build_prompt: alpaca or short")
     lr: float = _option(5e-5, "AdamW learning rate")
     weight_decay: float = _option(0.1, "AdamW weight decay")
     num_epochs: int = _option(5, "passes over the training set")
@@ -368,6 +368,10 @@ def train(config: TrainConfig, model: torch.nn.Module | None = None, tokenizer=N
         apply_lora(model, rank=config.lora_rank, alpha=config.lora_alpha, seed=config.seed)
     model.to(device)
     input_prefix = data_input_prefix(config.data_dir)
+    if saved is not None and saved["meta"].get("input_prefix", "") != input_prefix:
+        raise UserError(f"the dataset's input prefix changed since {last_path} was saved "
+                        f"({saved['meta'].get('input_prefix', '')!r} then, {input_prefix!r} now): resume with the "
+                        "same data folder, or start a new run")
     meta = {"model_cfg": model.cfg, "family": model.family, "model_name": base_info["name"],
             "tokenizer": tokenizer.name, "prompt_style": config.prompt_style, "base": base_info,
             "input_prefix": input_prefix}
@@ -399,6 +403,10 @@ def train(config: TrainConfig, model: torch.nn.Module | None = None, tokenizer=N
     memory = peak_memory_mb(device, max((r.get("peak_ram_mb", 0.0) for r in state.history), default=0.0))
     start = time.perf_counter() - state.elapsed_s
     epoch_steps = _steps_of_epoch(train_data, config, state.epoch)
+    if state.step_in_epoch >= len(epoch_steps) and state.bad_evals < config.patience:
+        # A last.pt saved at the very end of an epoch by earlier versions: start the next one.
+        state.epoch, state.step_in_epoch = state.epoch + 1, 0
+        epoch_steps = _steps_of_epoch(train_data, config, state.epoch)
     bar = tqdm(total=total, initial=min(state.step, total), desc="train", unit="step", dynamic_ncols=True)
     model.train()
     with _DeferInterrupt() as interrupt:
@@ -418,7 +426,7 @@ def train(config: TrainConfig, model: torch.nn.Module | None = None, tokenizer=N
                                 lr=f"{record['lr']:.1e}")
                 if state.bad_evals == 0:
                     _save_best(model, meta, state, config)
-            if state.step_in_epoch == len(epoch_steps):  # the epoch ran to its end
+            if state.step_in_epoch == len(epoch_steps) and state.bad_evals < config.patience:  # the epoch ran to its end
                 state.epoch, state.step_in_epoch = state.epoch + 1, 0
                 epoch_steps = _steps_of_epoch(train_data, config, state.epoch)
                 generate_sample(model, tokenizer, val_data, device)
@@ -435,8 +443,7 @@ def train(config: TrainConfig, model: torch.nn.Module | None = None, tokenizer=N
         # run can be used; no state changes, so a resumed run still equals an uninterrupted one.
         print(f"no evaluation in {state.step} steps (--eval-freq {config.eval_freq}): saving the last weights as best.pt")
         _save_best(model, meta, state, config)
-    if reason in ("early_stopping", "completed"):
-        state.stop_reason = reason
+    state.stop_reason = reason if reason in ("early_stopping", "completed") else None  # None: a budget
     _save_last(last_path, model, optimizer, scheduler, state, config, meta, epoch_steps)
     return _finish(model, config, state, meta, memory, device)
 
