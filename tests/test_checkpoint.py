@@ -46,6 +46,28 @@ def test_garbage_is_not_a_checkpoint(tmp_path):
         load_checkpoint(tmp_path / "x.pt")
 
 
+class NotAWeight:
+    """A pickled object of a class, which torch.load(weights_only=True) refuses to build."""
+
+
+@pytest.mark.parametrize("content", ["pickled object", "truncated", "garbage"])
+def test_a_foreign_or_damaged_file_is_named_so_without_hinting_at_unsafe_loading(tmp_path, content):
+    path = tmp_path / "x.pt"
+    if content == "pickled object":
+        torch.save({"format_version": 1, "model": NotAWeight()}, path)
+    elif content == "garbage":
+        path.write_bytes(b"<html>mirror error page</html>")
+    else:
+        save_checkpoint(path, {"format_version": 1, "model": {"w": torch.arange(1000.0)}})
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(UserError) as error:
+        load_checkpoint(path)
+    message = str(error.value)
+    assert message.startswith(f"{path} is not a checkpoint of this project, or it is damaged (")
+    assert ("Python objects" in message) == (content == "pickled object")
+    assert not any(word in message.lower() for word in ("weights_only", "trust", "torch.load", "re-running"))
+
+
 # ----------------------------------------------------------------------------- resume
 
 

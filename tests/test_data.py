@@ -261,11 +261,13 @@ def test_input_prefix_and_over_long_pairs(config, tmp_path):
 
 
 def test_build_from_hf_schema_keeps_given_pairs_in_one_split(config, tmp_path):
-    built = build(config, write=False, source="hf", hf_dataset=str(write_hf_copy(tmp_path)),
-                  augment=AugmentConfig(variants=0))
+    path = write_hf_copy(tmp_path)
+    with path.open("a", encoding="utf-8") as file:  # enough sentences for no split to be empty
+        file.writelines(f"grammaire: Le train {n} part a midi.,Le train {n} part à midi.\n" for n in range(20))
+    built = build(config, write=False, source="hf", hf_dataset=str(path), augment=AugmentConfig(variants=0))
     entries = [e for part in built.splits.values() for e in part]
     assert {e["source"] for e in entries} == {"hf"}
-    assert sum(e["error_types"] == ["given"] for e in entries) == 9
+    assert sum(e["error_types"] == ["given"] for e in entries) == 9 + 20
     assert built.stats["dropped"] == {"duplicate": 6}
     same_target = [name for name, part in built.splits.items() for e in part if e["output"] == "Il est là."]
     assert len(same_target) >= 2 and len(set(same_target)) == 1
@@ -288,3 +290,31 @@ def test_cli_help_explains_every_option(capsys):
     for option in ("--source", "--out", "--seed", "--variants", "--clean-share", "--input-prefix",
                    "--max-tokens", "--hf-dataset", "--limit"):
         assert option in help_text
+
+
+def test_too_few_sentences_for_every_split_fail_and_write_nothing(config, tmp_path):
+    source = tmp_path / "few.csv"
+    source.write_text("text\n" + "".join(f"Phrase numéro {n}.\n" for n in range(5)), encoding="utf-8")
+    with pytest.raises(UserError, match="5 distinct sentences leave the .* split empty"):
+        build(config, source=str(source), out=str(tmp_path / "out"))
+    assert not (tmp_path / "out").exists()
+
+
+def test_control_characters_are_cleaned_and_long_csv_fields_read(tmp_path):
+    assert normalize_text("Il\x00 a\x07 mangé\x1b.") == "Il a mangé."
+    long = "mot " * 40_000  # 160 KB, over the csv module's default field limit
+    source = tmp_path / "long.csv"
+    source.write_text(f"text\n{long}\n", encoding="utf-8")
+    (record,), malformed = load_file(source)
+    assert record.output == long and not malformed
+
+
+@pytest.mark.parametrize("content, message", [
+    ('["une phrase", "une autre"]', "holds a list of str, not of objects"),
+    ("[1, 2]", "holds a list of int, not of objects"),
+])
+def test_a_list_of_non_objects_says_what_was_expected(tmp_path, content, message):
+    source = tmp_path / "rows.json"
+    source.write_text(content, encoding="utf-8")
+    with pytest.raises(UserError, match=message):
+        load_file(source)

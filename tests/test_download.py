@@ -30,6 +30,7 @@ class FakeHub:
         self.stated_size: int | None = None  # announce a wrong size
         self.stated_sha256: str | None = None  # announce a wrong hash
         self.cut_after: int | None = None  # break the connection after this many bytes
+        self.states_size = True  # False: a bare mirror, no X-Linked-*, Content-Length or Content-Range
         self.honour_range = True
         self.status = 200
         hub = self
@@ -54,17 +55,19 @@ class FakeHub:
         if name.endswith(".safetensors") and "/resolve/main/" in request.path:
             request.send_response(302)
             request.send_header("Location", f"/cdn/{name}")
-            request.send_header("X-Linked-Etag", f'"{self.stated_sha256 or hashlib.sha256(data).hexdigest()}"')
-            request.send_header("X-Linked-Size", str(self.stated_size or len(data)))
+            if self.states_size:
+                request.send_header("X-Linked-Etag", f'"{self.stated_sha256 or hashlib.sha256(data).hexdigest()}"')
+                request.send_header("X-Linked-Size", str(self.stated_size or len(data)))
             request.end_headers()
             return
         ranged = "Range" in request.headers and self.honour_range
         start = int(request.headers["Range"].split("=")[1].rstrip("-")) if ranged else 0
         request.send_response(206 if start else 200)
-        if start:
+        if start and self.states_size:
             request.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
-        request.send_header("Content-Length", str(len(data) - start))
-        request.end_headers()
+        if self.states_size:
+            request.send_header("Content-Length", str(len(data) - start))
+        request.end_headers()  # HTTP/1.0: without a length, the body ends where the connection closes
         request.wfile.write(data[start:][: self.cut_after])
 
     def ranges(self, name: str) -> list[str | None]:
@@ -138,6 +141,82 @@ def test_wrong_size_or_hash_is_rejected_and_nothing_kept(hub, tmp_path, knob, me
     with pytest.raises(UserError, match=message):
         weights.download_gpt2("124M", tmp_path, endpoint=hub.url)
     assert sorted(p.name for p in (tmp_path / "124M").iterdir()) == ["config.json"]
+
+
+def test_a_download_cut_short_by_a_server_that_states_no_size_is_kept_not_accepted(hub, tmp_path):
+    """A bare mirror (--endpoint) states no size: the safetensors header tells the cut file from
+    the whole one, and the cut one is resumed next time."""
+    hub.states_size, hub.cut_after = False, 300_000
+    with pytest.raises(UserError, match="stopped at 300,000 bytes of the .* safetensors header announces"):
+        weights.download_gpt2("124M", tmp_path, endpoint=hub.url)
+    target = tmp_path / "124M"
+    assert not (target / "model.safetensors").exists()
+    assert (target / "model.safetensors.part").stat().st_size == 300_000
+
+    hub.cut_after = None
+    weights.download_gpt2("124M", tmp_path, endpoint=hub.url)
+    assert hub.ranges("model.safetensors")[-1] == "bytes=300000-"
+    assert (target / "model.safetensors").read_bytes() == hub.files["model.safetensors"]
+    assert sorted(p.name for p in target.iterdir()) == ["config.json", "model.safetensors"]
+
+
+@pytest.mark.parametrize("cut", [3, 8 + 20])  # inside the header's length, inside the header
+def test_a_safetensors_file_cut_inside_its_header_is_kept_to_resume(hub, tmp_path, cut):
+    hub.states_size = False
+    (tmp_path / "124M").mkdir()
+    (tmp_path / "124M" / "config.json").write_bytes(hub.files["config.json"])
+    hub.cut_after = cut
+    with pytest.raises(UserError, match=f"stopped at {cut} bytes \\(the server stated no size\\)"):
+        weights.download_gpt2("124M", tmp_path, endpoint=hub.url)
+    assert (tmp_path / "124M" / "model.safetensors.part").stat().st_size == cut
+
+
+def test_a_whole_download_without_stated_sizes_is_accepted_by_its_own_checks(hub, tmp_path):
+    hub.states_size = False
+    path = weights.download_gpt2("124M", tmp_path, endpoint=hub.url)
+    for name in weights.GPT2_FILES:
+        assert (path / name).read_bytes() == hub.files[name]
+
+
+def test_a_json_file_cut_short_without_stated_size_is_refused_and_dropped(hub, tmp_path):
+    """Small JSON files from a server that states no size must parse; a broken one is fetched
+    again whole (no .part kept: it may be an error page, not a beginning)."""
+    hub.states_size, hub.cut_after = False, 10
+    with pytest.raises(UserError, match="not valid JSON"):
+        weights.download_gpt2("124M", tmp_path, endpoint=hub.url)
+    assert list((tmp_path / "124M").iterdir()) == []
+
+
+@pytest.mark.parametrize("tail, message", [(b"extra", "more than the"), (None, "not a safetensors file")])
+def test_a_safetensors_file_its_header_does_not_describe_is_refused(hub, tmp_path, tail, message):
+    data = hub.files["model.safetensors"]
+    hub.files["model.safetensors"] = data + tail if tail else b"<html>mirror error page</html>"
+    hub.states_size = False
+    with pytest.raises(UserError, match=message):
+        weights.download_gpt2("124M", tmp_path, endpoint=hub.url)
+    assert sorted(p.name for p in (tmp_path / "124M").iterdir()) == ["config.json"]
+
+
+def test_a_file_nothing_can_check_is_refused_and_kept(hub, tmp_path):
+    hub.files["merges.txt"] = b"#version: 0.2\n" * 1000
+    hub.states_size = False
+    with pytest.raises(UserError, match="stated neither the size nor the sha256") as error:
+        fetch.download_repo(REPO, ("merges.txt",), tmp_path, endpoint=hub.url)
+    assert "rename it to merges.txt" in str(error.value)
+    assert not (tmp_path / "merges.txt").exists()
+    assert (tmp_path / "merges.txt.part").read_bytes() == hub.files["merges.txt"]
+
+
+def test_safetensors_size_reads_the_files_own_header(hf_gpt2_dir, tmp_path):
+    data = (hf_gpt2_dir / "model.safetensors").read_bytes()
+    header_end = 8 + int.from_bytes(data[:8], "little")
+    cut = tmp_path / "cut.safetensors"
+    for size, expected in [(len(data), len(data)), (header_end + 1, len(data)), (header_end - 1, None), (5, None)]:
+        cut.write_bytes(data[:size])
+        assert fetch.safetensors_size(cut) == expected, size
+    cut.write_bytes((2).to_bytes(8, "little") + b"[]")
+    with pytest.raises(ValueError, match="not a table of tensors"):
+        fetch.safetensors_size(cut)
 
 
 def test_server_down_gives_one_clear_paragraph(tmp_path):

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import gzip
 import hashlib
+import json
+import os
 import subprocess
 import zipfile
 from pathlib import Path
@@ -81,3 +84,55 @@ def test_a_damaged_package_is_named_as_such(tmp_path, monkeypatch, archive):
                               "Do it by hand.", sdist=True, timeout=5)
     assert "Do it by hand." in str(error.value)
     assert list((tmp_path / "out").iterdir()) == []
+
+
+# --- a full disk ------------------------------------------------------------------------------
+
+def no_space(*args, **kwargs):
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def test_a_full_disk_is_one_message_and_the_previous_file_stays(tmp_path, monkeypatch):
+    from correcteur.files import write_json
+
+    target = write_json(tmp_path / "report.json", {"old": True})
+    monkeypatch.setattr(os, "fsync", no_space)
+    with pytest.raises(UserError, match=rf"no space left to write report.json in {tmp_path}.* MiB are free"):
+        write_json(target, {"new": True})
+    assert json.loads(target.read_text()) == {"old": True}
+    assert [p.name for p in tmp_path.iterdir()] == ["report.json"]  # no temporary file left
+
+
+def test_torch_refusing_to_write_a_checkpoint_is_the_same_message(tmp_path, monkeypatch):
+    import torch
+
+    from correcteur.checkpoint import load_checkpoint, save_checkpoint
+
+    path = save_checkpoint(tmp_path / "last.pt", {"format_version": 1, "step": 1})
+
+    def disk_full(obj, file):
+        file.write(b"x" * 1000)
+        raise RuntimeError("[enforce fail at inline_container.cc:626] . PytorchStreamWriter failed writing "
+                           "file data/0: file write failed")
+
+    monkeypatch.setattr(torch, "save", disk_full)
+    with pytest.raises(UserError, match="no space left to write last.pt"):
+        save_checkpoint(path, {"format_version": 1, "step": 2})
+    monkeypatch.undo()
+    assert load_checkpoint(path)["step"] == 1
+
+
+def test_a_dataset_rebuilt_on_a_full_disk_keeps_the_previous_one(tmp_path, monkeypatch):
+    from correcteur.augment import AugmentConfig
+    from correcteur.data import DataConfig, build_dataset
+
+    source = tmp_path / "sentences.csv"
+    source.write_text("text\n" + "".join(f"Les enfants jouent au parc numéro {n}.\n" for n in range(30)),
+                      encoding="utf-8")
+    config = DataConfig(source=str(source), out=str(tmp_path / "data"), augment=AugmentConfig(variants=1))
+    build_dataset(config, count_tokens=lambda text: len(text.split()), lexicon=frozenset())
+    before = {p.name: p.read_bytes() for p in (tmp_path / "data").iterdir()}
+    monkeypatch.setattr(os, "fsync", no_space)
+    with pytest.raises(UserError, match="no space left"):
+        build_dataset(config, count_tokens=lambda text: len(text.split()), lexicon=frozenset())
+    assert {p.name: p.read_bytes() for p in (tmp_path / "data").iterdir()} == before

@@ -20,14 +20,18 @@ Every file is written to a temporary file in the same folder and renamed over th
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import os
+import pickle
 import random
+import warnings
 from pathlib import Path
 
 import torch
 
 from correcteur.errors import UserError
-from correcteur.files import atomic_write
+from correcteur.files import atomic_write, run_lock
 from correcteur.llama import LlamaModel
 from correcteur.lora import apply_lora, load_lora_state_dict, lora_state_dict, merge_lora
 from correcteur.model import GPTModel
@@ -48,14 +52,30 @@ def load_checkpoint(path: str | Path) -> dict:
     if not path.is_file():
         raise UserError(f"no checkpoint at {path}")
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch's remarks on foreign pickles: the error says it all
+            warnings.simplefilter("ignore", UserWarning)
+            payload = torch.load(path, map_location="cpu", weights_only=True)
+    except PermissionError as error:
+        raise UserError(f"cannot read {path}: {error.strerror}") from None
     except Exception as error:  # torch raises several types for truncated or foreign files
-        raise UserError(f"{path} is not a readable correcteur checkpoint ({type(error).__name__}: "
-                        f"{str(error)[:200]}); use the best.pt or last.pt of a training run") from None
+        raise UserError(_unreadable_message(path, error)) from None
     if not isinstance(payload, dict) or payload.get("format_version") != FORMAT_VERSION:
         raise UserError(f"{path} is not a correcteur checkpoint (format {FORMAT_VERSION}); "
                         "train with `python -m correcteur train` to make one")
     return payload
+
+
+def _unreadable_message(path: Path, error: Exception) -> str:
+    """Why torch could not read `path`, in this project's words. Never torch's own text: it
+    suggests loading with weights_only=False, which runs whatever code the file holds, and a
+    checkpoint of this project never needs it (tensors and plain data only)."""
+    if isinstance(error, pickle.UnpicklingError) and "Unsupported global" in str(error):
+        why = "it holds Python objects other than tensors and plain data, which this project never saves"
+    else:
+        why = "it is cut short, damaged, or not a file torch.save wrote"
+    return (f"{path} is not a checkpoint of this project, or it is damaged ({why}); use the best.pt or "
+            "last.pt of a training run (`python -m correcteur train` makes them), or copy the file again "
+            "if it was cut short on the way")
 
 
 # ----------------------------------------------------------------------------- resumable state
@@ -182,6 +202,10 @@ def _model_from_payload(payload: dict, path: Path, dtype: torch.dtype | None) ->
     if payload.get("kind") != "inference":
         raise UserError(f"{path} is a resumable training state, not a model for inference: use "
                         "the best.pt next to it (or the run directory)")
+    missing = [key for key in ("family", "model_cfg", "model") if key not in payload]
+    if missing:
+        raise UserError(f"{path} does not say which model family, config or weights it holds (no "
+                        f"{' or '.join(missing)}): it was not written by `python -m correcteur train`, or was edited")
     model = _model_class(payload["family"])(payload["model_cfg"])
     model.to(dtype or HALF_DTYPES.get(payload["dtype"], torch.float32))
     try:
@@ -210,11 +234,24 @@ def load_for_inference(path: str | Path, device: str | torch.device | None = Non
 
 
 def export_half(path: str | Path, out: str | Path, dtype: torch.dtype = torch.bfloat16) -> Path:
-    """Write `path`'s inference checkpoint in half precision (about half the bytes) to `out`."""
+    """Write `path`'s inference checkpoint in half precision (about half the bytes) to `out`.
+
+    The source's run folder is locked while it is read (`files.run_lock`): a run still training
+    there would have its provisional best.pt exported as if it were the final one. The output
+    needs no lock: it is one file written atomically, so two exports to it each leave a whole
+    file (and `out` usually sits in that same run folder, locked with it)."""
     names = {v: k for k, v in HALF_DTYPES.items()}
     if dtype not in names:
         raise ValueError(f"export_half writes bfloat16 or float16, not {dtype}")
     path = inference_file(path)
-    payload = load_checkpoint(path)
-    model = _model_from_payload(payload, path, dtype)  # tied weights stay one tensor
-    return save_checkpoint(out, {**payload, "model": model.state_dict(), "dtype": names[dtype]})
+    with _source_lock(path.parent):
+        payload = load_checkpoint(path)
+        model = _model_from_payload(payload, path, dtype)  # tied weights stay one tensor
+        return save_checkpoint(out, {**payload, "model": model.state_dict(), "dtype": names[dtype]})
+
+
+def _source_lock(folder: Path) -> contextlib.AbstractContextManager:
+    """The run lock of a folder being read; none for a read-only one, which no run can write."""
+    if folder.is_dir() and not os.access(folder, os.W_OK):
+        return contextlib.nullcontext()
+    return run_lock(folder, "half-precision export")

@@ -208,12 +208,11 @@ def add_respond(parser: argparse.ArgumentParser,
 def run_respond(args: argparse.Namespace) -> int:
     from correcteur.correct import Corrector
     from correcteur.files import load_entries
-    from correcteur.metrics import refuse_task_prefix
-    from correcteur.respond import respond
+    from correcteur.respond import respond, usable_entries
 
     corrector = Corrector.from_checkpoint(args.checkpoint, device=args.device, guard=not args.no_guard,
                                           batch_size=args.batch_size)
-    entries = refuse_task_prefix(load_entries(args.test)[: args.limit], args.test)
+    entries = usable_entries(load_entries(args.test)[: args.limit], args.test)
     respond(corrector, entries, args.out, args.batch_size)
     print(f"{len(entries)} responses in {args.out}")
     return 0
@@ -238,13 +237,14 @@ def add_score(parser: argparse.ArgumentParser) -> None:
 def run_score(args: argparse.Namespace) -> int:
     from correcteur.baselines import copy_baseline
     from correcteur.files import load_entries, write_json
-    from correcteur.metrics import format_table, plot_error_types, refuse_task_prefix, score_entries
+    from correcteur.metrics import format_table, plot_error_types, score_entries
+    from correcteur.respond import usable_entries
 
-    entries = refuse_task_prefix(load_entries(args.file), args.file)
+    entries = usable_entries(load_entries(args.file), args.file)
     scores = score_entries(entries)
     baselines = {"copy": score_entries(copy_baseline(entries))}
     for name, path in args.baseline:
-        baselines[name] = score_entries(refuse_task_prefix(load_entries(path), path))
+        baselines[name] = score_entries(usable_entries(load_entries(path), path))
     print(format_table(scores, baselines))
     if args.json:
         write_json(args.json, scores)
@@ -284,13 +284,13 @@ def run_judge(args: argparse.Namespace) -> int:
         plot_score_histogram,
         summarize_scores,
     )
-    from correcteur.metrics import refuse_task_prefix
+    from correcteur.respond import usable_entries
 
     source = Path(args.file)
     out = Path(args.out) if args.out else source.with_name(source.stem + ".judged.json")
     if out.resolve() == source.resolve():
         raise UserError(f"--out {out} is the input file; the judge never overwrites its input")
-    entries = refuse_task_prefix(load_entries(source), args.file)
+    entries = usable_entries(load_entries(source), args.file)
     check_server(args.url, args.model, args.api, timeout=min(args.timeout, 10.0))
     scores = generate_model_scores(entries, args.key, args.model, url=args.url,
                                    cache_path=out.with_suffix(".cache.jsonl"), api=args.api,

@@ -43,6 +43,7 @@ from correcteur.tokenizer import get_tokenizer
 HF_DATASET = "fdemelo/spelling-correction-french-news"
 CORPUS_DIR = PROJECT_ROOT / "data" / "corpus"
 SPLIT_SHARES = {"train": 0.85, "test": 0.10, "val": 0.05}  # as in the seed project
+CSV_FIELD_LIMIT = 2**31 - 1  # the csv module's default (128 KiB per field) refuses long texts
 SPLIT_FILES = {"train": "train.json", "val": "val.json", "test": "test.json"}
 # Text shaped like a model's control tokens (<|endoftext|>, SmolLM2's <|im_end|>, ...): such
 # rows are dropped, since tokenizers refuse them and a model must never learn to write them.
@@ -76,6 +77,8 @@ def read_text(path: Path) -> str:
         return path.read_text(encoding="utf-8-sig")
     except FileNotFoundError:
         raise UserError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise UserError(f"{path} is a folder: give the file inside it (.csv, .json or .jsonl)") from None
     except UnicodeDecodeError as error:
         raise UserError(f"{path} is not UTF-8 text (byte {error.start}: {error.reason}); "
                         "re-save it as UTF-8") from None
@@ -127,8 +130,13 @@ def load_file(path: Path | str) -> tuple[list[Record], Counter]:
     text = read_text(path)
     source = path.name
     if suffix == ".csv":
+        csv.field_size_limit(CSV_FIELD_LIMIT)
         reader = csv.DictReader(text.splitlines())
-        return records_from_rows(reader, reader.fieldnames or [], source, str(path))
+        try:
+            rows = list(reader)
+        except csv.Error as error:
+            raise UserError(f"{path} is not a CSV file this tool can read ({error})") from None
+        return records_from_rows(rows, reader.fieldnames or [], source, str(path))
     if suffix == ".json":
         try:
             rows = json.loads(text)
@@ -139,6 +147,11 @@ def load_file(path: Path | str) -> tuple[list[Record], Counter]:
         malformed = Counter()
     else:
         rows, malformed = parse_jsonl(text)
+    if rows and not any(isinstance(row, dict) for row in rows):
+        kinds = sorted({type(row).__name__ for row in rows})
+        raise UserError(f"{path} holds a list of {' and '.join(kinds)}, not of objects: each row must be an "
+                        'object such as {"input": "...", "output": "..."} (pairs) or {"text": "..."} '
+                        "(clean sentences to corrupt)")
     columns = {key for row in rows if isinstance(row, dict) for key in row}
     records, more = records_from_rows(rows, columns, source, str(path))
     return records, malformed + more
@@ -184,13 +197,14 @@ def load_hf(dataset: str = HF_DATASET, cache_dir: str | None = None) -> tuple[li
 
 APOSTROPHES = re.compile("[\u2019\u2018\u02bc\u00b4\u0060]")  # ’ ‘ ʼ ´ ` → '
 INVISIBLE = re.compile("[\u200b\u200c\u200d\u2060\ufeff\u00ad]")
+CONTROL = re.compile("[\x00-\x08\x0e-\x1f\x7f-\x9f]")  # NUL and other control characters (not whitespace)
 
 
 def normalize_text(text: str) -> str:
     """NFC, straight apostrophes, single ordinary spaces (no-break spaces included: the corpus
-    convention is a normal space before ? ! : ;), nothing invisible."""
+    convention is a normal space before ? ! : ;), nothing invisible, no control characters."""
     text = unicodedata.normalize("NFC", text)
-    text = INVISIBLE.sub("", APOSTROPHES.sub("'", text))
+    text = CONTROL.sub("", INVISIBLE.sub("", APOSTROPHES.sub("'", text)))
     return " ".join(text.split())
 
 
@@ -444,6 +458,12 @@ def build_dataset(config: DataConfig, count_tokens: Callable[[str], int] | None 
         raise UserError(f"no usable row in source {config.source!r} "
                         f"(dropped: {dict(malformed + dropped)})")
     splits, dropped_pairs = build_splits(records, config.augment, config.seed, lexicon, fits)
+    empty = [name for name, entries in splits.items() if not entries]
+    if empty:
+        sentences = len({r.sentence_id for r in records})
+        raise UserError(f"{sentences} distinct sentences leave the {' and '.join(empty)} split empty (splits take "
+                        f"{', '.join(f'{share:.0%} {name}' for name, share in SPLIT_SHARES.items())} of the "
+                        "sentences): give at least 20 distinct sentences; nothing was written")
     stats = dataset_stats(splits, malformed + dropped + dropped_pairs)
     settings = {k: v for k, v in asdict(config).items() if k != "out"}
     manifest = {"source": config.source, "seed": config.seed, "config": settings,

@@ -22,8 +22,8 @@ from correcteur.errors import UserError
 from correcteur.files import load_entries, write_json
 from correcteur.guard import GUARD_FILE, checkpoint_folder
 from correcteur.judge import check_server, generate_model_scores, summarize_scores
-from correcteur.metrics import format_table, plot_error_types, refuse_task_prefix, score_entries
-from correcteur.respond import respond
+from correcteur.metrics import format_table, plot_error_types, score_entries
+from correcteur.respond import respond, usable_entries
 from correcteur.weights import load_base_model
 
 
@@ -52,15 +52,16 @@ def grammalecte_responses(entries: list[dict]) -> list[dict]:
 
 def evaluate(config: EvalConfig) -> dict:
     """Respond, score the model and the baselines, write report.json, report.md and figures."""
-    out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "config.json", dataclasses.asdict(config))
-    entries = refuse_task_prefix(load_entries(config.test)[: config.limit], config.test)
+    entries = usable_entries(load_entries(config.test)[: config.limit], config.test)
     if not entries:
         raise UserError(f"{config.test} holds no entries")
-
     corrector = Corrector.from_checkpoint(config.checkpoint, device=config.device, guard=config.guard,
                                           batch_size=config.batch_size)
+    out = Path(config.out)  # made only once the test file and the checkpoint are known to be usable
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file; give a folder for the report")
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "config.json", dataclasses.asdict(config))
     meta = corrector.meta
     start = time.perf_counter()
     answered = respond(corrector, entries, out / "responses.json", config.batch_size)
@@ -106,9 +107,12 @@ def judge_summary(answered: list[dict], out: Path, config: EvalConfig) -> dict:
         check_server(config.judge_url, config.judge_model)
     except UserError as error:
         return {"skipped": str(error)}
-    scores = generate_model_scores(answered, "model_response", model=config.judge_model,
-                                   url=config.judge_url,
-                                   cache_path=out / "judge_cache.jsonl")
+    try:
+        scores = generate_model_scores(answered, "model_response", model=config.judge_model,
+                                       url=config.judge_url, cache_path=out / "judge_cache.jsonl")
+    except UserError as error:  # the reference-based report is still written; a re-run resumes the judge
+        print(f"the judge failed, the report is written without it: {error}")
+        return {"failed": str(error)}
     return summarize_scores(scores)
 
 

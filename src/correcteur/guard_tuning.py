@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from correcteur.correct import Corrector
 from correcteur.errors import UserError
-from correcteur.files import load_entries, write_json
+from correcteur.files import load_entries, run_lock, write_json
 from correcteur.guard import (
     GUARD_FILE,
     Answer,
@@ -28,8 +28,8 @@ from correcteur.guard import (
     kept_edits,
     save_guard_config,
 )
-from correcteur.metrics import EntryStats, aggregate, entry_stats, entry_texts, refuse_task_prefix
-from correcteur.respond import respond, response_parts
+from correcteur.metrics import EntryStats, aggregate, entry_stats, entry_texts
+from correcteur.respond import respond, response_parts, usable_entries
 
 
 def wilson_bounds(share: float, n: int, z: float) -> tuple[float, float]:
@@ -123,15 +123,21 @@ def tune_guard(guard: Guard, entries: list[dict], max_harm: float = 0.05, min_cl
 def calibrate_guard(checkpoint: str | Path, val_path: str | Path, limit: int | None = None,
                     batch_size: int = 32) -> GuardConfig:
     """Answer the validation split, tune the thresholds on it and save them as guard.json
-    next to the checkpoint, where `Corrector.from_checkpoint` and `evaluate` find them."""
-    corrector = Corrector.from_checkpoint(checkpoint, guard=False, batch_size=batch_size)
-    entries = refuse_task_prefix(load_entries(val_path)[:limit], str(val_path))
-    answered = respond(corrector, entries, batch_size=batch_size)
-    guard = Guard(corrector.model, corrector.tokenizer, corrector.prompt_style, input_prefix=corrector.input_prefix)
-    config, grid = tune_guard(guard, answered)
+    next to the checkpoint, where `Corrector.from_checkpoint` and `evaluate` find them.
+
+    The checkpoint's folder is locked (`files.run_lock`) throughout: a run still training there
+    would replace best.pt under the thresholds tuned for it, and two tunings would leave the
+    guard.json of one next to the validation answers of the other."""
     folder = checkpoint_folder(checkpoint)
-    write_json(folder / "guard_val_responses.json", answered)  # what the thresholds were tuned on
-    save_guard_config(config, folder, {"val_file": str(val_path), "entries": len(entries), "grid": grid})
+    with run_lock(folder, "guard tuning"):
+        corrector = Corrector.from_checkpoint(checkpoint, guard=False, batch_size=batch_size)
+        entries = usable_entries(load_entries(val_path)[:limit], str(val_path))
+        answered = respond(corrector, entries, batch_size=batch_size)
+        guard = Guard(corrector.model, corrector.tokenizer, corrector.prompt_style,
+                      input_prefix=corrector.input_prefix)
+        config, grid = tune_guard(guard, answered)
+        write_json(folder / "guard_val_responses.json", answered)  # what the thresholds were tuned on
+        save_guard_config(config, folder, {"val_file": str(val_path), "entries": len(entries), "grid": grid})
     return config
 
 

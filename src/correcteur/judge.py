@@ -154,7 +154,7 @@ def check_server(url: str = DEFAULT_URL, model: str = "llama3", api: str | None 
         else:
             listing = requests.get(root + "/v1/models", timeout=timeout).json()
             names = {m.get("id") for m in listing.get("data", [])}
-    except (requests.RequestException, ValueError, AttributeError) as error:
+    except (requests.RequestException, ValueError, AttributeError, TypeError) as error:  # TypeError: a bare number
         if api == "openai":
             how = "Start your OpenAI-compatible server (llama.cpp's llama-server, vLLM, LM Studio) there."
         elif check_if_running("ollama"):

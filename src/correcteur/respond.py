@@ -6,12 +6,35 @@ of a checkpoint are written as they come, so an interrupted run loses at most on
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 from tqdm import tqdm
 
+from correcteur.errors import UserError
 from correcteur.files import load_entries, write_json
+from correcteur.metrics import refuse_task_prefix
 from correcteur.textdiff import Part, join_parts
+
+
+def usable_entries(entries: list[dict], origin: str) -> list[dict]:
+    """`entries` if every one can be answered and scored: a text `input` and a non-empty text
+    `output` (an empty reference would score any answer that deletes everything as perfect),
+    and no task prefix left in the input. Otherwise one message, counted by reason."""
+    problems: Counter = Counter()
+    for entry in entries:
+        if not isinstance(entry.get("input"), str):
+            problems["no text under 'input'"] += 1
+        elif not isinstance(entry.get("output"), str):
+            problems["no text under 'output'"] += 1
+        elif not entry["output"].strip():
+            problems["an empty 'output'"] += 1
+    if problems:
+        reasons = ", ".join(f"{count} with {reason}" for reason, count in problems.most_common())
+        raise UserError(f"{origin}: {sum(problems.values())} of {len(entries)} entries cannot be used ({reasons}); "
+                        "each entry needs the text to correct under 'input' and its correction under 'output', "
+                        "as `python -m correcteur data` writes them")
+    return refuse_task_prefix(entries, origin)
 
 
 def responder_id(corrector) -> str:

@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 from correcteur import checkpoint as ckpt
 from correcteur.batches import InstructionDataset, batch_order, collate_indices, optimizer_steps
 from correcteur.errors import UserError
-from correcteur.files import load_entries, write_json
+from correcteur.files import load_entries, run_lock, write_json
 from correcteur.generate import generate, text_to_token_ids, token_ids_to_text
 from correcteur.lora import apply_lora, merge_lora
 from correcteur.model import pick_device
@@ -354,7 +354,17 @@ def train(config: TrainConfig, model: torch.nn.Module | None = None, tokenizer=N
           base_info: dict | None = None, resume: bool = False) -> TrainResult:
     """Fine-tune on `config.data_dir`'s train/val split; writes config.json, history.json,
     summary.json, best.pt and last.pt in `config.run_dir`. Pass `model` and `tokenizer` (and
-    `base_info`, what `weights.load_base_model` said of them) to train a model already loaded."""
+    `base_info`, what `weights.load_base_model` said of them) to train a model already loaded.
+
+    The run folder is locked (`files.run_lock`) from the check that it holds no run (or the
+    one to resume) to the last file written: a second run started into it meanwhile is refused
+    instead of leaving the folder with the config of one and the weights of the other."""
+    with run_lock(config.run_dir, "training"):
+        return _train(config, model, tokenizer, base_info, resume)
+
+
+def _train(config: TrainConfig, model: torch.nn.Module | None, tokenizer, base_info: dict | None,
+           resume: bool) -> TrainResult:
     run_dir, last_path = config.run_dir, config.run_dir / "last.pt"
     saved = _saved_run(config, last_path, resume)
     splits = {name: load_split(config.data_dir, name) for name in ("train", "val")}
