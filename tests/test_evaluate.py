@@ -137,3 +137,28 @@ def test_the_input_prefix_is_recorded_once_and_put_in_every_prompt_once(tmp_path
                         limit=4, base_model=False, grammalecte=False))
     assert trained_prompts > 0 and len(prompts) > trained_prompts  # training, and correction / guard scoring
     assert all(text.count(prefix) == 1 for text in prompts), [t for t in prompts if t.count(prefix) != 1][:3]
+
+
+@pytest.mark.slow
+def test_a_failing_judge_still_leaves_the_report(tmp_path, monkeypatch):
+    from correcteur import evaluate as evaluate_module
+    from correcteur.errors import UserError
+
+    data = tmp_path / "data"
+    data.mkdir()
+    for split in ("train", "val", "test"):
+        (data / f"{split}.json").write_text(json.dumps(ENTRIES * 2), encoding="utf-8")
+    run = train(TrainConfig(model="gpt2-tiny", allow_scratch=True, data_dir=str(data), out_dir=str(tmp_path),
+                            run_name="tiny", prompt_style="short", batch_size=3, eval_freq=1, eval_iter=1,
+                            max_steps=1))
+
+    def judge_breaks(*args, **kwargs):
+        raise UserError("http://localhost:11434/api/chat failed 4 times, last: HTTP 500")
+
+    monkeypatch.setattr(evaluate_module, "check_server", lambda *args: None)
+    monkeypatch.setattr(evaluate_module, "generate_model_scores", judge_breaks)
+    report = evaluate(EvalConfig(checkpoint=str(run.run_dir), test=str(data / "test.json"), out=str(tmp_path / "eval"),
+                                 base_model=False, grammalecte=False, judge=True))
+    assert "HTTP 500" in report["judge"]["failed"]
+    assert "HTTP 500" in (tmp_path / "eval" / "report.md").read_text(encoding="utf-8")
+    assert json.loads((tmp_path / "eval" / "report.json").read_text(encoding="utf-8"))["model"] == report["model"]
