@@ -33,8 +33,8 @@ def results_text(run_dir: Path) -> str:
         return json.loads(path.read_text(encoding="utf-8"))
 
     manifest = load(paths.data_dir / "manifest.json")
-    summary = load(run_dir / "training.json")["summary"]
-    checkpoint = Path(load(run_dir / "training.json")["checkpoint"])
+    training = load(run_dir / "training.json")
+    summary, checkpoint = training["summary"], Path(training["checkpoint"])
     report = load(paths.eval_dir / "report.json")
     guard = GuardConfig(**load(checkpoint / "guard.json")["config"])
     promised = chosen_setting(checkpoint)

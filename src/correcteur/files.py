@@ -57,14 +57,11 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], object]) -> Path:
             file.flush()
             os.fsync(file.fileno())
         os.replace(tmp, path)
-    except (OSError, RuntimeError) as error:
+    except BaseException as error:
         written = Path(tmp).stat().st_size if Path(tmp).exists() else 0
         Path(tmp).unlink(missing_ok=True)
         if _out_of_space(error):
             raise UserError(_no_space_message(path, written)) from None
-        raise
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
         raise
     return path
 
@@ -72,7 +69,9 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], object]) -> Path:
 def _out_of_space(error: BaseException) -> bool:
     if isinstance(error, OSError):
         return error.errno in (errno.ENOSPC, errno.EDQUOT)
-    return "PytorchStreamWriter failed writing" in str(error) or "file write failed" in str(error)
+    if isinstance(error, RuntimeError):  # torch's zip writer
+        return "PytorchStreamWriter failed writing" in str(error) or "file write failed" in str(error)
+    return False
 
 
 def _no_space_message(path: Path, written: int) -> str:
