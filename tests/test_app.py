@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import itertools
 import os
 import re
@@ -45,6 +46,15 @@ def display():
         os.environ["DISPLAY"] = previous
     server.terminate()
     server.wait(timeout=10)
+
+
+@pytest.fixture(autouse=True)
+def collect_tk_objects_here():
+    """Tk objects must be freed in the thread that made them: a window's reference cycles
+    collected later by a garbage collection that happens to run in another thread (a test
+    server's, tqdm's) abort the interpreter (Tcl_AsyncDelete). Collect them now, in this one."""
+    yield
+    gc.collect()
 
 
 @pytest.fixture
