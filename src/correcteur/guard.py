@@ -19,6 +19,12 @@ correction is accepted only where three checks agree:
 
 The thresholds are tuned on the validation split (`guard_tuning.py`) and saved as `guard.json`
 next to the checkpoint; the test split never sees them change.
+
+A text longer than `MAX_JUDGED_CHARS` (source or answer) is not judged at all: it is left as it
+was ("too long"). The corrector answers a long text sentence by sentence and each part is
+guarded on its own, so a text that long reaches the guard only when an entry was answered whole
+(a responses file made by hand); weighing its edits one by one would take minutes of diffs, and
+a context of thousands of tokens for each score.
 """
 
 from __future__ import annotations
@@ -47,6 +53,8 @@ from correcteur.textdiff import (
 
 WORD = re.compile(r"\w+")
 GUARD_FILE = "guard.json"
+MAX_JUDGED_CHARS = 20_000  # longer texts are left as they are, unjudged ("too long")
+MAX_STRETCH_CELLS = 1_000_000  # a longer stretch's typos are not counted: it is far (see `stretch_distances`)
 
 
 @dataclass
@@ -77,7 +85,8 @@ class Guard:
         return self.decide(source, candidate)[0]
 
     def decide(self, source: str, candidate: str) -> tuple[str, str]:
-        """The text to keep and why: unchanged, empty, edit budget, lexicon, margin or accepted."""
+        """The text to keep and why: unchanged, empty, too long, edit budget, lexicon, margin
+        or accepted."""
         answer = Answer(self, source, candidate)
         kept, reason = kept_edits(self.config, answer)
         return answer.text(kept), reason
@@ -130,21 +139,48 @@ class Answer:
 
     def __init__(self, guard: Guard, source: str, candidate: str):
         self.guard, self.source, self.candidate = guard, source, candidate
-        self.pieces = edit_pieces(source, candidate)
+        self.too_long = max(len(source), len(candidate)) > MAX_JUDGED_CHARS
+        self.pieces = whole_edit(source, candidate) if self.too_long else edit_pieces(source, candidate)
         self.every = set(range(len(edits_of(self.pieces))))
-        self.known = guard.known_edits(source, self.pieces) if guard.lexicon else self.every
-        self.nonword = guard.nonword_edits(self.pieces)
-        self.distance = levenshtein(source, candidate)
+        weighed = not self.too_long  # a text too long is refused before its words are looked up
+        self.known = guard.known_edits(source, self.pieces) if guard.lexicon and weighed else self.every
+        self.nonword = guard.nonword_edits(self.pieces) if weighed else set()
         self._scores: dict[str, float] = {}
+        self._texts: dict[frozenset[int], str] = {}
+
+    @functools.cached_property
+    def distance(self) -> int:
+        """Characters edited (`levenshtein`), computed when the edit budget asks."""
+        return levenshtein(self.source, self.candidate)
 
     @functools.cached_property
     def stretch_distances(self) -> list[int]:
         """Typos between each edit's removed and inserted text: only asked for when a stretch
-        budget is set and the answer passed the others (a rewrite's long stretches never are)."""
-        return [typo_distance(removed, inserted) for _, removed, inserted in edits_of(self.pieces)]
+        budget is set and the answer passed the others (a rewrite's long stretches never are).
+        A stretch of more than `MAX_STRETCH_CELLS` character pairs counts as long as its longer
+        side, an upper bound that no sensible budget allows, instead of taking minutes."""
+        return [typo_distance(removed, inserted) if len(removed) * len(inserted) <= MAX_STRETCH_CELLS
+                else max(len(removed), len(inserted)) for _, removed, inserted in edits_of(self.pieces)]
+
+    def refusal(self, max_edit_ratio: float) -> str | None:
+        """Why the answer is kept from being weighed at all under this edit budget, or None."""
+        if not self.every:
+            return "unchanged"
+        if not self.candidate.strip():
+            return "empty"
+        if self.too_long:
+            return "too long"
+        if self.distance > max(1.0, max_edit_ratio * len(self.source)):
+            return "edit budget"
+        return None
 
     def text(self, edits: set[int]) -> str:
-        return apply_edits(self.pieces, edits)
+        """The source with `edits` applied, each text made once: tuning asks for the same few
+        thousands of times, and on a long answer making one is not free."""
+        key = frozenset(edits)
+        if key not in self._texts:
+            self._texts[key] = apply_edits(self.pieces, edits)
+        return self._texts[key]
 
     def near(self, edits: set[int], max_stretch_edits: int | None) -> set[int]:
         """The edits that are at most `max_stretch_edits` typos away from their stretch."""
@@ -165,15 +201,17 @@ class Answer:
         return self._scores[text] - self._scores[self.source]
 
 
+def whole_edit(source: str, candidate: str) -> list[DiffPiece]:
+    """The answer as one edit (or none), without a diff: what a text too long to judge gets."""
+    return [("equal", source)] if source == candidate else [("edit", source, candidate)]
+
+
 def kept_edits(config: GuardConfig, answer: Answer) -> tuple[set[int], str]:
     """The edits `config` keeps of `answer`, and why: the one decision `Guard.decide` makes
     and `tune_guard` replays for every setting of its grid."""
-    if not answer.every:
-        return set(), "unchanged"
-    if not answer.candidate.strip():
-        return set(), "empty"
-    if answer.distance > max(1.0, config.max_edit_ratio * len(answer.source)):
-        return set(), "edit budget"
+    refusal = answer.refusal(config.max_edit_ratio)
+    if refusal:
+        return set(), refusal
     kept = answer.known if config.lexicon else answer.every
     if not kept:
         return set(), "lexicon"

@@ -21,6 +21,7 @@ from correcteur.errors import UserError
 from correcteur.files import load_entries, run_lock, write_json
 from correcteur.guard import (
     GUARD_FILE,
+    MAX_JUDGED_CHARS,
     Answer,
     Guard,
     GuardConfig,
@@ -30,6 +31,7 @@ from correcteur.guard import (
 )
 from correcteur.metrics import EntryStats, aggregate, entry_stats, entry_texts
 from correcteur.respond import respond, response_parts, usable_entries
+from correcteur.textdiff import Part
 
 
 def wilson_bounds(share: float, n: int, z: float) -> tuple[float, float]:
@@ -82,10 +84,9 @@ def tune_guard(guard: Guard, entries: list[dict], max_harm: float = 0.05, min_cl
     stretch_edits = {c.max_stretch_edits for c in settings}
     answers = []  # for each entry, (Answer, gap) for each part it was answered in
     for entry in tqdm(entries, desc="tuning the guard", unit="entry", disable=None):
-        parts = [(Answer(guard, source, raw), gap) for source, raw, gap in response_parts(entry)]
+        parts = [(Answer(guard, source, raw), gap) for source, raw, gap in tuned_parts(entry)]
         for answer, _ in parts:
-            if answer.every and answer.candidate.strip() and \
-                    answer.distance <= max(1.0, max_ratio * len(answer.source)):
+            if answer.refusal(max_ratio) is None:
                 whole = [answer.near(edits, limit) for edits in (answer.every, answer.known) for limit in stretch_edits]
                 answer.score([*(answer.text(edits) for edits in whole),
                               *(answer.text({n}) for n in answer.every)])  # all the grid will ask, one batch
@@ -118,6 +119,16 @@ def tune_guard(guard: Guard, entries: list[dict], max_harm: float = 0.05, min_cl
     best = (max(eligible, key=lambda r: r["error_reduction"] or 0.0) if eligible
             else min(results, key=lambda r: (r["harm_rate"] or 0.0, -(r["error_reduction"] or 0.0))))
     return GuardConfig(**{field.name: best[field.name] for field in dataclasses.fields(GuardConfig)}), results
+
+
+def tuned_parts(entry: dict) -> list[Part]:
+    """The parts tuning judges an answered entry in: its `response_parts`, or the whole entry
+    when it is longer than `MAX_JUDGED_CHARS`, so that the guard leaves it unchanged ("too
+    long") in every setting. Replaying thousands of settings on each part of a book would take
+    minutes, and its distance would outweigh all the other entries' in the error reduction."""
+    if max(len(entry["input"]), len(entry["raw_response"])) > MAX_JUDGED_CHARS:
+        return [(entry["input"], entry["raw_response"], "")]
+    return response_parts(entry)
 
 
 def calibrate_guard(checkpoint: str | Path, val_path: str | Path, limit: int | None = None,

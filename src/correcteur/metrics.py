@@ -18,10 +18,21 @@ deletes words: then the whole run is one edit, so that one fix spread over sever
 ("bienmangé" → "bien mangé") counts once. A proposed edit is correct when the response makes
 exactly the same edit as the reference: same input span, same replacement.
 Whitespace-only differences are invisible at word level; the character error rate sees them.
+
+Long entries. The alignment's table has one cell per pair of words, so a pair whose words
+(less their common ending, which the alignment always keeps) multiply to more than
+`EXACT_WORD_CELLS` (a million: two texts of a thousand words) is first cut at the anchors the
+two texts share (`textdiff.differing_regions`), and only the regions between anchors are
+aligned, each by the same table, while together they hold at most `textdiff.alignment_budget`
+cells; a region beyond that is one edit replacing it whole. Below that size the edits are
+exactly those of the single table; above it they are the same on texts that mostly agree,
+which is what a long entry and its correction are. Distances work the same way
+(`textdiff.levenshtein`). A 5 MB entry is scored in seconds, in a few hundred MB.
 """
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import re
@@ -32,10 +43,11 @@ from typing import NamedTuple
 
 from correcteur.errors import UserError
 from correcteur.prompt import HF_PREFIX
-from correcteur.textdiff import levenshtein
+from correcteur.textdiff import alignment_budget, differing_regions, levenshtein
 
 BETA = 0.5  # F0.5: a wrong correction costs more than a missed one, as in grammatical error correction
 WORD = re.compile(r"\w+|[^\w\s]")
+EXACT_WORD_CELLS = 1_000_000  # word pairs in one exact table, or in all the regions of a long pair
 SCORE_KEYS = ("n", "n_with_errors", "n_clean", "exact_match", "cer", "copy_cer",
               "error_reduction", "harm_rate", "clean_preserved", "precision", "recall", "f0_5")
 
@@ -54,7 +66,35 @@ def words(text: str) -> list[str]:
 
 def word_edits(source: list[str], target: list[str]) -> list[Edit]:
     """The edits of a word-level Levenshtein alignment of `source` to `target` (see the
-    module docstring for how ties and adjacent changes are handled)."""
+    module docstring for how ties and adjacent changes are handled, and for long texts)."""
+    keep = _common_end(source, target)  # the alignment keeps it: trimming it changes nothing
+    source, target = source[:len(source) - keep], target[:len(target) - keep]
+    if len(source) * len(target) <= EXACT_WORD_CELLS:
+        return _aligned_edits(source, target)
+    edits, budget = [], alignment_budget(EXACT_WORD_CELLS, len(source) + len(target))
+    for i1, i2, j1, j2 in differing_regions(source, target):
+        cells = (i2 - i1) * (j2 - j1)
+        if cells > 1 and cells <= budget:
+            budget -= cells
+            edits += [Edit(i1 + start, i1 + end, replacement)
+                      for start, end, replacement in _aligned_edits(source[i1:i2], target[j1:j2])]
+        else:  # replaced whole; also what the table says of one word for another, or of an insertion or deletion
+            edits.append(Edit(i1, i2, tuple(target[j1:j2])))
+    return edits
+
+
+def _common_end(source: list[str], target: list[str]) -> int:
+    most = min(len(source), len(target))
+    if source[len(source) - most:] == target[len(target) - most:]:  # one C comparison: a copy
+        return most
+    size = 0
+    while source[-1 - size] == target[-1 - size]:
+        size += 1
+    return size
+
+
+def _aligned_edits(source: list[str], target: list[str]) -> list[Edit]:
+    """`word_edits` by the full dynamic-programming table (n x m cells)."""
     n, m = len(source), len(target)
     dist = [[i + j if i == 0 or j == 0 else 0 for j in range(m + 1)] for i in range(n + 1)]
     for i in range(1, n + 1):
@@ -128,12 +168,24 @@ class EntryStats(NamedTuple):
 
 
 def entry_stats(source: str, reference: str, response: str) -> EntryStats:
-    source_words = words(source)
-    wanted = set(word_edits(source_words, words(reference)))
-    made = set(word_edits(source_words, words(response)))
-    return EntryStats(levenshtein(response, reference), levenshtein(source, reference),
-                      len(reference), response == reference, response == source,
-                      len(wanted & made), len(made), len(wanted))
+    """The counts of one entry; a response equal to the input or to the reference (the copy
+    and reference baselines) reuses what is already computed, which on long texts is slow."""
+    wanted, copy_distance = reference_side(source, reference)
+    if response in (source, reference):
+        made = frozenset() if response == source else wanted
+    else:
+        made = frozenset(word_edits(words(source), words(response)))
+    response_distance = copy_distance if response == source else levenshtein(response, reference)
+    return EntryStats(response_distance, copy_distance, len(reference), response == reference,
+                      response == source, len(wanted & made), len(made), len(wanted))
+
+
+@functools.lru_cache(maxsize=8)
+def reference_side(source: str, reference: str) -> tuple[frozenset[Edit], int]:
+    """The edits the reference makes to the input, and its distance to it: the same for the
+    model, the copy baseline and every setting guard tuning tries, and seconds of work on a
+    long entry, so the last few are kept."""
+    return frozenset(word_edits(words(source), words(reference))), levenshtein(source, reference)
 
 
 def _share(flags: list[bool]) -> float | None:
