@@ -12,14 +12,14 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "correcteur"
 
 # Bottom to top. A module may import modules of its own layer or of the layers below it.
 LAYERS = [
-    ("text", {"errors", "files", "prompt", "textdiff"}),
+    ("text", {"errors", "files", "prompt", "textdiff", "edits", "mask", "textfiles"}),
     ("models", {"model", "llama", "lora", "generate"}),
     ("loading", {"fetch", "tokenizer", "weights"}),
     ("data", {"augment", "data"}),
     ("training", {"batches", "checkpoint", "train"}),
     ("correction", {"guard", "correct"}),
     ("evaluation", {"baselines", "metrics", "judge", "respond", "guard_tuning", "evaluate"}),
-    ("use", {"app", "pipeline", "cli", "__main__", "__init__"}),
+    ("use", {"app", "pipeline", "serve", "cli", "__main__", "__init__"}),
 ]
 LAYER_OF = {module: index for index, (_, modules) in enumerate(LAYERS) for module in modules}
 NO_TORCH = LAYERS[0][1]

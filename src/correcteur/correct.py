@@ -9,7 +9,10 @@ the original spaces and line breaks, so a corrector never reflows someone's text
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,9 +20,11 @@ import torch
 from tqdm import tqdm
 
 from correcteur.checkpoint import load_for_inference
+from correcteur.edits import Edit, Span, apply, edits_between
 from correcteur.errors import UserError
 from correcteur.generate import generate, left_pad
 from correcteur.guard import guard_for_checkpoint
+from correcteur.mask import covered, merged, protect_parts, protected_spans, within
 from correcteur.model import pick_device
 from correcteur.prompt import correction_prompt, extract_response
 from correcteur.textdiff import GuardFn, Part, join_parts
@@ -92,6 +97,7 @@ class Corrector:
         self.use_cache = use_cache
         self.meta: dict = {}  # what the checkpoint says of itself, when loaded from one
         self.input_prefix = input_prefix  # the dataset's prefix, put before each text in the prompt
+        self.dictionary: frozenset[str] = frozenset()  # the user's words, never edited (`mask`)
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str | None = None,
@@ -118,16 +124,55 @@ class Corrector:
         n_params = sum(p.numel() for p in self.model.parameters())
         return f"{self.name} · {n_params / 1e6:.1f} M paramètres · {self.device.type}"
 
-    def correct(self, text: str, progress: bool = False) -> str:
-        """Correct text of any length; spaces, blank lines and line endings come back as they were."""
-        pairs = split_sentences(text)
-        corrected = self.correct_batch([piece for piece, _ in pairs], progress=progress)
+    def correct(self, text: str, progress: bool = False, protected: Sequence[Span] = ()) -> str:
+        """Correct text of any length; spaces, blank lines and line endings come back as they were,
+        and so do URLs, e-mails, code, numbers, dictionary words and the `protected` spans."""
+        _, pairs, _, corrected = self._corrections(text, protected, progress)
         return "".join(piece + separator for piece, (_, separator) in zip(corrected, pairs, strict=True))
+
+    def suggest(self, text: str, protected: Sequence[Span] = ()) -> list[Edit]:
+        """`correct(text)` as edits of `text`: applying them all gives exactly `correct(text)`.
+        Each carries the guard's margin for it alone (None without a guard)."""
+        starts, pairs, spans, corrected = self._corrections(text, protected, False)
+        edits = []
+        for start, (piece, _), local, fixed in zip(starts, pairs, spans, corrected, strict=True):
+            found = edits_between(piece, fixed, local)
+            for edit, margin in zip(found, self._margins(piece, found), strict=True):
+                edits.append(dataclasses.replace(edit, offset=start + edit.offset, confidence=margin))
+        return edits
+
+    def _corrections(self, text: str, protected: Sequence[Span], progress: bool):
+        """The pieces of `text` (where each starts, piece and separator, its protected spans)
+        and their corrections."""
+        pairs = split_sentences(text)
+        spans = merged([*protected_spans(text, self.dictionary), *protected])
+        starts = list(itertools.accumulate((len(p) + len(s) for p, s in pairs), initial=0))[:-1]
+        local = [within(spans, start, start + len(piece)) for start, (piece, _) in zip(starts, pairs, strict=True)]
+        corrected = self._correct_protected([piece for piece, _ in pairs], local, progress)
+        return starts, pairs, local, corrected
+
+    def _margins(self, piece: str, edits: list[Edit]) -> list[float | None]:
+        """log p(piece with the edit alone) - log p(piece) under the guard's model, for each edit:
+        the margin the guard weighs. None without a scoring guard, or for a piece cut to fit."""
+        score = getattr(self.guard, "log_probs", None)
+        if not edits or score is None or not self._fits(piece):
+            return [None] * len(edits)
+        base, *scores = score(piece, [piece, *(apply(piece, [edit]) for edit in edits)])
+        return [round(value - base, 3) for value in scores]
 
     def correct_batch(self, texts: list[str], progress: bool = False) -> list[str]:
         """One corrected string per text (a sentence, usually), in order; blank texts come back
         untouched, and a text too long for the context is corrected, and guarded, in parts."""
-        return [join_parts(parts, self.guard) for parts in self.answer_parts(texts, progress)]
+        return self._correct_protected(texts, [protected_spans(t, self.dictionary) for t in texts], progress)
+
+    def _correct_protected(self, texts: list[str], spans: list[list[Span]], progress: bool) -> list[str]:
+        """Texts made only of protected spans (a line of code) are not asked; in the others,
+        the model's edits that touch a protected span are undone before the guard judges."""
+        asked = [i for i, (text, local) in enumerate(zip(texts, spans, strict=True)) if not covered(text, local)]
+        results = list(texts)
+        for i, parts in zip(asked, self.answer_parts([texts[i] for i in asked], progress), strict=True):
+            results[i] = join_parts(protect_parts(parts, spans[i]), self.guard)
+        return results
 
     def answer_parts(self, texts: list[str], progress: bool = False) -> list[list[Part]]:
         """The model's unguarded answers: for each text, (part, answer, gap after it) for each
