@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
 import sys
 from collections.abc import Callable
@@ -334,15 +335,41 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
 def add_correct(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("text", nargs="*",
-                        help="text to correct; without it, standard input is read and written back "
-                             "corrected, with its lines and spaces as they were")
+                        help="text to correct; without it (and without --file), standard input is read "
+                             "and written back corrected, with its lines and spaces as they were")
     parser.add_argument("--checkpoint", required=True, help=CHECKPOINT_HELP)
+    parser.add_argument("--file", nargs="+", metavar="FILE", default=None,
+                        help="UTF-8 text files to correct paragraph by paragraph (- for standard input); "
+                             "printed, unless --in-place or --output")
+    parser.add_argument("--in-place", action="store_true", help="rewrite each --file corrected (atomically)")
+    parser.add_argument("--backup", action="store_true", help="with --in-place, keep the original as FILE.bak")
+    parser.add_argument("--output", metavar="OUT", help="write the corrected --file here")
+    parser.add_argument("--json", action="store_true",
+                        help="print the edits as JSON (offset and length in characters, replacement, source, "
+                             "confidence, message) instead of the corrected text; with --file, one list per file")
     parser.add_argument("--diff", action="store_true",
                         help="show the changes as [-removed-]{+added+} instead of the corrected text")
+    add_dictionary(parser)
     parser.add_argument("--no-guard", action="store_true",
                         help="print the model's answers as they are, without the guard's checks")
     parser.add_argument("--device", default=None,
                         help="torch device (cpu, cuda, cuda:1 ...); unset: cuda when available")
+
+
+def add_dictionary(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dictionary", metavar="FILE",
+                        help="your own words, one per line (UTF-8; # starts a comment): never corrected")
+
+
+def load_corrector(args: argparse.Namespace):
+    """The checkpoint's corrector with the options every command that corrects shares."""
+    from correcteur.correct import Corrector
+    from correcteur.mask import load_dictionary
+
+    words = load_dictionary(args.dictionary) if args.dictionary else frozenset()
+    corrector = Corrector.from_checkpoint(args.checkpoint, device=args.device, guard=not args.no_guard)
+    corrector.dictionary = words
+    return corrector
 
 
 def read_stdin() -> str:
@@ -365,13 +392,27 @@ def read_stdin() -> str:
 
 
 def run_correct(args: argparse.Namespace) -> int:
-    from correcteur.correct import Corrector
+    from correcteur.documents import Request, check_request, correct_files
     from correcteur.textdiff import diff_words, format_diff
 
+    if args.file is not None:
+        if args.text:
+            raise UserError("give the text as arguments or --file FILE..., not both")
+        request = Request(args.file, args.in_place, args.backup, args.output, args.json, args.diff)
+        sizes = check_request(request)
+        correct_files(load_corrector(args), request, sizes, read_stdin)
+        return 0
+    if args.in_place or args.backup or args.output:
+        raise UserError("--in-place, --backup and --output work on files: add --file FILE...")
+    if args.json and args.diff:
+        raise UserError("--json prints the edits, --diff the changed text: choose one")
     text = " ".join(args.text) if args.text else read_stdin()
     if not text.strip():
         raise UserError("nothing to correct: the text is empty")
-    corrector = Corrector.from_checkpoint(args.checkpoint, device=args.device, guard=not args.no_guard)
+    corrector = load_corrector(args)
+    if args.json:
+        print(json.dumps([edit.to_dict() for edit in corrector.suggest(text)], ensure_ascii=False, indent=2))
+        return 0
     corrected = corrector.correct(text, progress=True)
     output = format_diff(diff_words(text, corrected)) if args.diff else corrected
     sys.stdout.write(output if output.endswith("\n") else output + "\n")
@@ -384,13 +425,78 @@ def add_app(parser: argparse.ArgumentParser) -> None:
                         help="torch device (cpu, cuda ...); unset: cuda when available")
     parser.add_argument("--no-guard", action="store_true",
                         help="show the model's answers as they are, without the guard's checks")
+    add_dictionary(parser)
 
 
 def run_app(args: argparse.Namespace) -> int:
     from correcteur.app import launch
-    from correcteur.correct import Corrector
+    from correcteur.mask import load_dictionary
 
-    launch(load=lambda: Corrector.from_checkpoint(args.checkpoint, device=args.device, guard=not args.no_guard))
+    if args.dictionary:
+        load_dictionary(args.dictionary)  # refused now, before the window opens
+    launch(load=lambda: load_corrector(args))
+    return 0
+
+
+# ----------------------------------------------------------------------------- serve
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {text!r}")
+    return value
+
+
+def add_serve(parser: argparse.ArgumentParser) -> None:
+    from correcteur.serve import DEFAULT_PORT, MAX_TEXT_LENGTH
+
+    parser.add_argument("--checkpoint", required=True, help=CHECKPOINT_HELP)
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="address to listen on (127.0.0.1: this machine only; 0.0.0.0: every network, "
+                             "then set --api-key)")
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="port (LanguageTool's is 8081; 0: any free one)")
+    parser.add_argument("--api-key", default=None,
+                        help="refuse requests whose apiKey parameter is not this (403)")
+    parser.add_argument("--max-text-length", type=_positive, default=MAX_TEXT_LENGTH,
+                        help="longest text accepted, in characters (longer: 413)")
+    parser.add_argument("--allow-origin", default=None, metavar="ORIGIN",
+                        help="send Access-Control-Allow-Origin: ORIGIN (the browser add-on needs '*')")
+    add_dictionary(parser)
+    parser.add_argument("--no-guard", action="store_true", help="answer the model's edits without the guard's checks")
+    parser.add_argument("--device", default=None, help="torch device (cpu, cuda ...); unset: cuda when available")
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    import errno
+
+    from correcteur.mask import load_dictionary
+    from correcteur.serve import Server, Service
+
+    if args.dictionary:
+        load_dictionary(args.dictionary)  # refused before the port is taken and the model loaded
+    try:
+        server = Server((args.host, args.port), None, allow_origin=args.allow_origin)
+    except OSError as error:
+        if error.errno == errno.EADDRINUSE:
+            raise UserError(f"port {args.port} on {args.host} is already in use (another LanguageTool server?): "
+                            "stop it, or choose another with --port") from None
+        raise UserError(f"cannot listen on {args.host}:{args.port} ({error.strerror})") from None
+    with server:
+        server.service = Service(load_corrector(args), args.max_text_length, args.api_key)
+        if args.host not in ("127.0.0.1", "localhost", "::1") and args.api_key is None:
+            print(f"warning: listening on {args.host} without --api-key: anyone on the network can use it",
+                  file=sys.stderr)
+        print(f"correcteur answers LanguageTool's API at {server.url}/v2 ({server.service.corrector.description})\n"
+              f"  LibreOffice and the browser add-on: {server.url}/v2 · LTeX: ltex.languageToolHttpServerUri = "
+              f"{server.url}/\nCtrl-C stops it.", flush=True)
+        try:
+            server.serve_forever()
+        except KeyboardInterrupt:
+            print("stopped", file=sys.stderr)
     return 0
 
 
@@ -413,8 +519,9 @@ COMMANDS: dict[str, Command] = {
     "score": Command("score responses against the reference and the copy baseline", add_score, run_score),
     "judge": Command("score responses with an LLM judge (Ollama or OpenAI-compatible)", add_judge, run_judge),
     "evaluate": Command("respond + score + baselines (+ judge): a full report", add_evaluate, run_evaluate),
-    "correct": Command("correct text given as arguments or on standard input", add_correct, run_correct),
+    "correct": Command("correct text given as arguments, files or standard input", add_correct, run_correct),
     "app": Command("open the Tkinter corrector window", add_app, run_app),
+    "serve": Command("answer LanguageTool's HTTP API (LibreOffice, LTeX, the browser add-on)", add_serve, run_serve),
 }
 
 
