@@ -130,6 +130,7 @@ def touches(start: int, end: int, spans: Iterable[Span]) -> bool:
 def edits_between(source: str, corrected: str, protected: Sequence[Span] = (),
                   origin: str = MODEL_SOURCE) -> list[Edit]:
     """The word edits that turn `source` into `corrected`, in order, each with its message.
+    Punctuation both sides share at an edit's ends is left out of it (`trimmed`).
 
     A pure insertion has nothing to underline, so it takes in the word beside it ("sais" ->
     "ne sais"), the next one if it can, else the previous one, never one of the `protected`
@@ -144,6 +145,9 @@ def edits_between(source: str, corrected: str, protected: Sequence[Span] = (),
             position += len(piece[1])
     edits = []
     for number, (offset, removed, inserted) in enumerate(raw):
+        offset, removed, inserted = trimmed(offset, removed, inserted)
+        if touches(offset, offset + len(removed), protected):  # only its changed letters miss them
+            offset, removed, inserted = trimmed(offset, removed, inserted, letters=True)
         if not removed:
             low = edits[-1].end if edits else 0
             high = raw[number + 1][0] if number + 1 < len(raw) else len(source)
@@ -151,6 +155,20 @@ def edits_between(source: str, corrected: str, protected: Sequence[Span] = (),
         kind = classify(removed, inserted)
         edits.append(Edit(offset, len(removed), inserted, origin, None, KINDS[kind], kind))
     return edits
+
+
+def trimmed(offset: int, removed: str, inserted: str, letters: bool = False) -> tuple[int, str, str]:
+    """The edit less the characters both sides share at its ends: punctuation and spaces only
+    ("pome." -> "pomme." underlines "pome", not its period), or any with `letters` (what the
+    edit really changes: "3e" -> "3ème" leaves the 3 alone)."""
+    def shared(a: str, b: str) -> bool:
+        return a == b and (letters or not a.isalnum())
+
+    while removed and inserted and shared(removed[-1], inserted[-1]):
+        removed, inserted = removed[:-1], inserted[:-1]
+    while removed and inserted and shared(removed[0], inserted[0]):
+        offset, removed, inserted = offset + 1, removed[1:], inserted[1:]
+    return offset, removed, inserted
 
 
 def _widened(source: str, at: int, inserted: str, low: int, high: int,

@@ -19,7 +19,7 @@ import re
 from collections.abc import Iterable
 from pathlib import Path
 
-from correcteur.edits import Span, touches
+from correcteur.edits import Span, touches, trimmed
 from correcteur.errors import UserError
 from correcteur.textdiff import Part, apply_edits, edit_pieces
 
@@ -91,7 +91,8 @@ def covered(text: str, spans: Iterable[Span]) -> bool:
 
 
 def protect(source: str, candidate: str, spans: list[Span]) -> str:
-    """`candidate` with every edit that touches a protected span of `source` undone."""
+    """`candidate` with every edit that changes a character of a protected span of `source`
+    (or inserts inside one, or crosses a point span) undone."""
     if not spans or source == candidate:
         return candidate
     pieces = edit_pieces(source, candidate)
@@ -100,11 +101,19 @@ def protect(source: str, candidate: str, spans: list[Span]) -> str:
         if piece[0] == "equal":
             position += len(piece[1])
             continue
-        if not touches(position, position + len(piece[1]), spans):
+        start, removed, inserted = trimmed(position, piece[1], piece[2], letters=True)
+        if not (touches(start, start + len(removed), spans)  # what the edit really changes
+                or not removed and glued(source, start, inserted, spans)):
             kept.add(number)
         position += len(piece[1])
         number += 1
     return apply_edits(pieces, kept)
+
+
+def glued(source: str, at: int, inserted: str, spans: list[Span]) -> bool:
+    """Whether inserting at a span's edge would lengthen its word ("10h30" -> "10h300")."""
+    return any(s < e and ((at == e and source[e - 1].isalnum() and inserted[:1].isalnum())
+                          or (at == s and source[s].isalnum() and inserted[-1:].isalnum())) for s, e in spans)
 
 
 def protect_parts(parts: list[Part], spans: list[Span]) -> list[Part]:
