@@ -4,7 +4,7 @@ and nothing half-written left behind. One row per case; add a row for every new 
 Each row is (command line, files it needs, expected status, message fragment, paths that must
 not exist afterwards). Paths are written with placeholders: {tmp} the test's folder, {ckpt} a
 tiny trained run, {good} a valid test split, {url} an address where nothing listens, {number}
-a server that answers every request with a bare number.
+a server that answers every request with a bare number, {busy_port} that server's port.
 """
 
 from __future__ import annotations
@@ -40,6 +40,8 @@ FILES = {  # name -> content (a folder when None)
     "answered.json": json_file([{**ENTRY, "model_response": "Il a mangé."}]),
     "unanswered.json": json_file([ENTRY]),
     "broken.json": "[{",
+    "latin1.txt": "Il a mangé une pomme.\n".encode("latin-1"),
+    "image.png": b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR",
     "not_a_checkpoint.pt": None,  # written by torch below
     "no_family.pt": None,  # written by torch below
 }
@@ -94,8 +96,32 @@ ROWS = [
     ("correct --checkpoint {tmp}/not_a_checkpoint.pt 'Il a manger.'", 2, "is not a checkpoint of this project, or it is damaged",
      []),
     ("correct --checkpoint {tmp}/no_family.pt 'Il a manger.'", 2, "does not say which model family", []),
+    ("correct --checkpoint {ckpt} --file {tmp}/missing.txt", 2, "no such file", []),
+    ("correct --checkpoint {ckpt} --file {tmp}/notes.txt {tmp}/latin1.txt --in-place", 2, "latin1.txt is not UTF-8 text",
+     ["{tmp}/notes.txt.bak"]),
+    ("correct --checkpoint {ckpt} --file {tmp}/image.png", 2, "holds binary data (a NUL byte at offset 8)", []),
+    ("correct --checkpoint {ckpt} --file {tmp}/folder.json", 2, "is a folder", []),
+    ("correct --checkpoint {ckpt} --file - --in-place", 2, "cannot be corrected --in-place", []),
+    ("correct --checkpoint {ckpt} --file {tmp}/notes.txt {tmp}/few.csv --output {tmp}/o.txt", 2,
+     "--output takes one input file, not 2", ["{tmp}/o.txt"]),
+    ("correct --checkpoint {ckpt} --file {tmp}/notes.txt --output {tmp}/notes.txt", 2, "is the input file", []),
+    ("correct --checkpoint {ckpt} --file {tmp}/notes.txt --in-place --output {tmp}/o.txt", 2, "choose one",
+     ["{tmp}/o.txt"]),
+    ("correct --checkpoint {ckpt} --file {tmp}/notes.txt --backup", 2, "add --in-place", ["{tmp}/notes.txt.bak"]),
+    ("correct --checkpoint {ckpt} --in-place 'Il a manger.'", 2, "work on files: add --file", []),
+    ("correct --checkpoint {ckpt} 'Il a manger.' --file {tmp}/notes.txt", 2, "not both", []),
+    ("correct --checkpoint {ckpt} --json --diff 'Il a manger.'", 2, "choose one", []),
+    ("correct --checkpoint {ckpt} --dictionary {tmp}/missing.txt 'Il a manger.'", 2, "no such dictionary file", []),
+    ("correct --checkpoint {ckpt} --dictionary {tmp}/image.png 'Il a manger.'", 2, "holds binary data", []),
     # app, on a machine without a display
     ("app --checkpoint {ckpt}", 2, "needs a graphical display", []),
+    ("app --checkpoint {ckpt} --dictionary {tmp}/latin1.txt", 2, "is not UTF-8 text", []),
+    # serve
+    ("serve --checkpoint {tmp}/missing --port 0", 2, "no checkpoint at", []),
+    ("serve --checkpoint {ckpt} --port 0 --dictionary {tmp}/missing.txt", 2, "no such dictionary file", []),
+    ("serve --checkpoint {ckpt} --port {busy_port}", 2, "is already in use", []),
+    ("serve --checkpoint {ckpt} --host 256.0.0.1 --port 0", 2, "cannot listen on 256.0.0.1:0", []),
+    ("serve --checkpoint {ckpt} --max-text-length 0", 2, "expected a positive whole number, got '0'", []),
 ]
 
 
@@ -148,6 +174,8 @@ def place_files(tmp_path) -> None:
             continue
         if content is None:
             (tmp_path / name).mkdir()
+        elif isinstance(content, bytes):
+            (tmp_path / name).write_bytes(content)
         else:
             (tmp_path / name).write_text(content, encoding="utf-8")
     torch.save({"format_version": 1, "a pickled object": ValueError("not a tensor")},
@@ -167,7 +195,8 @@ def test_bad_input_gets_one_clear_message(command, status, message, absent, tmp_
     place_files(tmp_path)
     checkpoint, data = tiny_run
     values = {"tmp": str(tmp_path), "ckpt": str(checkpoint), "good": str(data / "test.json"),
-              "good_dir": str(data), "url": unused_url(), "number": number_server}
+              "good_dir": str(data), "url": unused_url(), "number": number_server,
+              "busy_port": number_server.rsplit(":", 1)[1]}
     argv = [part.format(**values) for part in shlex.split(command)]
     try:
         code = main(argv)

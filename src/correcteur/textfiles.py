@@ -29,16 +29,18 @@ def check_text_file(path: str | Path) -> int:
                 if b"\x00" in block:
                     raise UserError(f"{path} holds binary data (a NUL byte at offset {offset + block.index(0)}), "
                                     "not text: give a UTF-8 text file")
+                pending = len(decoder.getstate()[0])  # bytes of a character the last block cut
                 try:
                     decoder.decode(block)
                 except UnicodeDecodeError as error:
-                    raise UserError(_not_utf8(path, offset + error.start)) from None
+                    raise UserError(_not_utf8(path, offset - pending + error.start)) from None
                 offset += len(block)
+            pending = len(decoder.getstate()[0])
             decoder.decode(b"", final=True)
     except FileNotFoundError:
         raise UserError(f"no such file: {path}") from None
     except UnicodeDecodeError:
-        raise UserError(_not_utf8(path, offset)) from None  # the file ends inside a character
+        raise UserError(_not_utf8(path, offset - pending)) from None  # the file ends inside a character
     return offset
 
 
