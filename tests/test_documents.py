@@ -84,7 +84,7 @@ def test_a_failure_leaves_the_file_as_it_was(tmp_path, capsys, monkeypatch):
 
 
 def test_standard_input_as_a_file_and_json_edits(tmp_path, corrector, capsys, monkeypatch):
-    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO("On va a Paris.\n\nIl a manger.\n".encode())))
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"On va a Paris.\n\nIl a manger.\n")))
     path = tmp_path / "a.txt"
     path.write_text("Il a manger.", encoding="utf-8")
     assert main(["correct", "--checkpoint", "run", "--file", "-", str(path), "--json"]) == 0
