@@ -174,6 +174,15 @@ def test_malformed_bodies_and_paths(server):
     answer = connection.getresponse()
     assert answer.status == 413 and b"over this server's limit" in answer.read()
     connection.close()
+    # one connection, kept alive: a refused request's body never spills into the next one
+    connection = http.client.HTTPConnection(host, port, timeout=30)
+    for path, status in [("/v1/nothing", 404), ("/v2/check", 200), ("/v2/languages", 200), ("/v2/check", 200)]:
+        connection.request("POST", path, body=urllib.parse.urlencode({"text": "Il a manger une pome.", "language": "fr"}),
+                           headers={"Content-Type": "application/x-www-form-urlencoded"})
+        answer = connection.getresponse()
+        assert answer.status == status, answer.read()
+        answer.read()
+    connection.close()
     # a double slash, as a root URL with its trailing slash gives
     assert request(server.url, {"text": "Il a manger une pome.", "language": "fr"}, path="//v2/check")[0] == 200
 
@@ -250,3 +259,14 @@ def test_the_serve_command_with_a_tiny_checkpoint(tiny_run, tmp_path):  # noqa: 
         process.send_signal(signal.SIGINT)
         code = process.wait(60)
     assert code == 0, process.stderr.read()
+
+
+def test_serve_help_answers_without_torch_and_with_the_servers_defaults():
+    from correcteur import serve
+    from correcteur.cli import build_parser
+
+    args = build_parser("serve").parse_args(["serve", "--checkpoint", "run"])
+    assert (args.host, args.port, args.max_text_length) == ("127.0.0.1", serve.DEFAULT_PORT, serve.MAX_TEXT_LENGTH)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    code = "import sys, correcteur.cli as c; c.build_parser('serve'); print('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env).stdout == "False\n"

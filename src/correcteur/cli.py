@@ -452,16 +452,15 @@ def _positive(text: str) -> int:
 
 
 def add_serve(parser: argparse.ArgumentParser) -> None:
-    from correcteur.serve import DEFAULT_PORT, MAX_TEXT_LENGTH
-
+    # serve.DEFAULT_PORT and serve.MAX_TEXT_LENGTH, written out: importing serve loads torch
     parser.add_argument("--checkpoint", required=True, help=CHECKPOINT_HELP)
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to listen on (127.0.0.1: this machine only; 0.0.0.0: every network, "
                              "then set --api-key)")
-    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="port (LanguageTool's is 8081; 0: any free one)")
+    parser.add_argument("--port", type=int, default=8081, help="port (LanguageTool's is 8081; 0: any free one)")
     parser.add_argument("--api-key", default=None,
                         help="refuse requests whose apiKey parameter is not this (403)")
-    parser.add_argument("--max-text-length", type=_positive, default=MAX_TEXT_LENGTH,
+    parser.add_argument("--max-text-length", type=_positive, default=50_000,
                         help="longest text accepted, in characters (longer: 413)")
     parser.add_argument("--allow-origin", default=None, metavar="ORIGIN",
                         help="send Access-Control-Allow-Origin: ORIGIN (the browser add-on needs '*')")

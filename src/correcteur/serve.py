@@ -243,10 +243,11 @@ class Handler(BaseHTTPRequestHandler):
     def _answer(self, read: Callable[[], str]) -> None:
         path = re.sub("/+", "/", urllib.parse.urlsplit(self.path).path).rstrip("/")
         try:
+            given = read()  # first, whatever the path: a body left unread would spoil the next request
             if path.endswith("/v2/languages"):
                 self._json(languages())
             elif path.endswith("/v2/check"):
-                self._json(self.server.service.check(parse_fields(read(), self.headers.get("Content-Type", ""))))
+                self._json(self.server.service.check(parse_fields(given, self.headers.get("Content-Type", ""))))
             else:
                 raise RequestError(404, f"Error: no such endpoint {path or '/'}: this server answers "
                                         "/v2/check and /v2/languages")
