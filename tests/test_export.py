@@ -259,8 +259,8 @@ def test_export_refusals_are_one_line_messages(tmp_path, tiny_gpt, capsys):
 
 @pytest.mark.slow
 @pytest.mark.skipif(not REAL_GGUF.is_file(), reason=f"{REAL_GGUF} not downloaded")
-def test_real_smollm2_exports_to_transformers_and_gguf(tmp_path):
-    model, tokenizer, info = weights.load_smollm2(REAL_GGUF.parents[1])
+def test_real_smollm2_exports_to_transformers_and_gguf(tmp_path, real_smollm2):
+    model, tokenizer, info = real_smollm2
     meta = {"model_cfg": model.cfg, "family": "llama", "model_name": "smollm2-135m", "prompt_style": "short",
             "input_prefix": "", "base": info}
     export_hf(model, tokenizer, meta, tmp_path / "hf")
@@ -272,9 +272,15 @@ def test_real_smollm2_exports_to_transformers_and_gguf(tmp_path):
     assert (hf_logits(tmp_path / "hf", ids) - ours).abs().max().item() < 1e-4
     assert_same_tokenizer(tmp_path / "hf", tokenizer)
 
+    # Read back by llama.cpp's own reader (the full reload through our loader, measured once:
+    # the same next token, logits within 0.04 of 32 in f16 and 1.25 in q8_0, is left to the
+    # tiny models above: dequantizing 135 M weights takes 11 s here).
     path, _ = export_gguf(model, tokenizer, meta, tmp_path / "gguf", "q8_0")
     n_weights = sum(p.numel() for p in model.parameters())
     assert 8.4 < path.stat().st_size * 8 / n_weights < 9  # q8_0: 34 bytes per 32 weights
-    again = weights.llama_from_gguf(path)
-    assert our_logits(again, ids)[0, -1].argmax() == ours[0, -1].argmax()
-    assert (our_logits(again, ids) - ours).abs().max().item() < 0.1 * ours.abs().max().item()  # measured: 0.04
+    reader = gguf.GGUFReader(path)
+    assert {t.name: t.tensor_type.name for t in reader.tensors}["blk.29.ffn_down.weight"] == "Q8_0"
+    assert len(reader.tensors) == 2 + 9 * 30  # embedding and final norm, 9 per layer, the head tied
+    reread = LlamaTokenizer.from_gguf(path, reader)
+    assert all(reread.encode(text) == tokenizer.encode(text) for text in TEXTS)
+    assert (reread.eot_token, reread.bos_id) == (tokenizer.eot_token, tokenizer.bos_id) == (2, 1)

@@ -62,7 +62,7 @@ def add_data(parser: argparse.ArgumentParser) -> None:
     defaults = DataConfig()
     aug = defaults.augment
     parser.add_argument("--source", default=defaults.source,
-                        help="'embedded' (the corpus in data/corpus), 'hf' (the Hugging Face dataset, "
+                        help="'embedded' (the corpus shipped in the package, correcteur/corpus), 'hf' (the Hugging Face dataset, "
                              "see --hf-dataset) or a CSV/JSON/JSONL file with columns input+output "
                              "(or target), or text (or sentence) for clean sentences to corrupt")
     parser.add_argument("--out", default=defaults.out,
