@@ -28,10 +28,11 @@ CHECKPOINT_HELP = "a training run's folder (checkpoints/<run>/) or its best.pt"
 
 def add_download(parser: argparse.ArgumentParser) -> None:
     from correcteur.fetch import ENDPOINT_ENV, HUB_ENDPOINT
+    from correcteur.files import CHECKPOINTS_DIR
     from correcteur.weights import DOWNLOADABLE
 
     parser.add_argument("--model", default="gpt2-medium", help=DOWNLOADABLE)
-    parser.add_argument("--models-dir", default="checkpoints",
+    parser.add_argument("--models-dir", default=str(CHECKPOINTS_DIR),
                         help="folder that receives <size>/ (GPT-2: config.json, model.safetensors) or "
                              "<name>/ (hub models: config.json, model.safetensors, tokenizer.json)")
     parser.add_argument("--endpoint", default=os.environ.get(ENDPOINT_ENV) or HUB_ENDPOINT,

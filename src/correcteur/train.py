@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 from correcteur import checkpoint as ckpt
 from correcteur.batches import InstructionDataset, batch_order, collate_indices, optimizer_steps
 from correcteur.errors import UserError
-from correcteur.files import load_entries, run_lock, write_json
+from correcteur.files import CHECKPOINTS_DIR, load_entries, run_lock, write_json
 from correcteur.generate import generate, text_to_token_ids, token_ids_to_text
 from correcteur.lora import apply_lora, merge_lora
 from correcteur.model import pick_device
@@ -170,7 +170,8 @@ class TrainConfig:
     data_dir: str = _option("data", "folder holding train.json and val.json (from `correcteur data`)", flag="--data")
     out_dir: str = _option("checkpoints", "folder that receives the run directory", flag="--out")
     run_name: str | None = _option(None, "run directory inside --out; none: the model name (+ -loraR with LoRA)", type=str)
-    models_dir: str = _option("checkpoints", "where downloaded base weights live (fetched by fetch.py)")
+    models_dir: str = _option(str(CHECKPOINTS_DIR), "where downloaded base weights live (fetched by fetch.py; "
+                              "$CORRECTEUR_HOME/checkpoints, else the checkout's, else the user's data folder)")
     allow_scratch: bool = _option(False, "train from random weights when no pretrained weights exist (says so loudly)")
     prompt_style: str = _option("alpaca", "prompt template of prompt.build_prompt: alpaca or short")
     lr: float = _option(5e-5, "AdamW learning rate")
