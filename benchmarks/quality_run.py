@@ -6,7 +6,7 @@ then its run folder's results written into benchmarks/RESULTS.md.
     python benchmarks/quality_run.py --from-run runs/<run>    # only rewrite RESULTS.md from a finished run
 
 Every step writes its config next to its results: the dataset's manifest.json, the run's
-config.json in checkpoints/<run>/, guard.json beside it, and report.json in runs/<run>/eval/.
+train_config.json in checkpoints/<run>/, guard.json beside it, and report.json in runs/<run>/eval/.
 """
 
 from __future__ import annotations

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -53,3 +55,15 @@ def hf_gpt2_dir(tmp_path_factory):
             p.add_(0.05 * torch.randn_like(p))
     model.save_pretrained(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def real_smollm2():
+    """The real SmolLM2-135M-Instruct, its tokenizer and info, loaded once for every test file
+    that needs it (dequantizing its GGUF file takes 10 s or more); the tests skip without it."""
+    from correcteur import fetch, weights
+
+    path = Path(__file__).parents[1] / "checkpoints" / fetch.SMOLLM2_DIR / Path(fetch.SMOLLM2_MEMBER).name
+    if not path.is_file():
+        pytest.skip(f"{path} not downloaded")
+    return weights.load_smollm2(path.parents[1])

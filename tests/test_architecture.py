@@ -19,7 +19,7 @@ LAYERS = [
     ("training", {"batches", "checkpoint", "train"}),
     ("correction", {"guard", "correct"}),
     ("evaluation", {"baselines", "metrics", "judge", "respond", "guard_tuning", "evaluate"}),
-    ("use", {"app", "pipeline", "serve", "documents", "cli", "__main__", "__init__"}),
+    ("use", {"app", "export", "pipeline", "serve", "documents", "cli", "__main__", "__init__"}),
 ]
 LAYER_OF = {module: index for index, (_, modules) in enumerate(LAYERS) for module in modules}
 NO_TORCH = LAYERS[0][1]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 from pathlib import Path
@@ -310,3 +311,54 @@ def test_export_command_writes_a_half_checkpoint(tmp_path, capsys):
     assert half["dtype"] == "bfloat16" and all(t.dtype == torch.bfloat16 for t in half["model"].values())
     assert "bfloat16" in capsys.readouterr().out
     assert main(["export", "--checkpoint", str(tmp_path / "nothing"), "--out", str(tmp_path / "x.pt")]) == 2
+
+
+# ----------------------------------------------------------------------------- self-contained run folders
+
+
+def test_a_run_folder_holds_its_config_and_tokenizer_and_old_folders_still_load(tmp_path, tiny_gpt, tokenizer):
+    """A run writes train_config.json and tokenizer/ (GPT-2's vocabulary in Hugging Face's
+    layout); a folder of the earlier layout (config.json, no tokenizer/) still loads, resumes,
+    and comes out of the resumed run in the new layout."""
+    import json
+    import shutil
+
+    from correcteur.tokenizer import load_tokenizer_folder
+    from correcteur.train import resumed_config
+
+    write_data(tmp_path / "data", PAIRS[:4], PAIRS[:2])
+    config = tiny_config(tmp_path, model="gpt2-test", max_steps=2)
+    run = train(config, model=tiny_gpt, tokenizer=tokenizer).run_dir
+    assert json.loads((run / "train_config.json").read_text()) == dataclasses.asdict(config)
+    assert not (run / "config.json").exists()
+    assert sorted(p.name for p in (run / "tokenizer").iterdir()) == [
+        "merges.txt", "tokenizer.json", "tokenizer_config.json", "vocab.json"]
+    copied = load_tokenizer_folder(run / "tokenizer")
+    text = "Les élèves ont réussi l'examen : 18/20 !"
+    assert copied.encode(text) == tokenizer.encode(text) and copied.n_vocab == tokenizer.n_vocab
+    model, _, _ = load_for_inference(run)
+
+    (run / "train_config.json").rename(run / "config.json")  # the earlier layout
+    shutil.rmtree(run / "tokenizer")
+    old_model, old_tokenizer, meta = load_for_inference(run)
+    assert old_tokenizer.name == meta["tokenizer"] == "gpt2"
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(old_model.state_dict()[name], tensor)
+    again = resumed_config({"model": "gpt2-test", "out_dir": config.out_dir, "max_steps": 3})
+    assert again == dataclasses.replace(config, max_steps=3)
+    train(again, model=tiny_gpt, tokenizer=tokenizer, resume=True)
+    assert (run / "train_config.json").is_file() and not (run / "config.json").exists()
+    assert (run / "tokenizer" / "vocab.json").is_file()
+
+
+def test_a_tokenizer_folder_with_another_vocabulary_is_not_taken_for_gpt2(tmp_path, tokenizer):
+    import json
+
+    from correcteur.tokenizer import load_tokenizer_folder, save_tokenizer
+
+    save_tokenizer(tokenizer, tmp_path)
+    vocab = json.loads((tmp_path / "vocab.json").read_text())
+    vocab["Ġthe"], vocab["Ġof"] = vocab["Ġof"], vocab["Ġthe"]  # two ids swapped
+    (tmp_path / "vocab.json").write_text(json.dumps(vocab))
+    with pytest.raises(UserError, match="not GPT-2's vocabulary"):
+        load_tokenizer_folder(tmp_path)

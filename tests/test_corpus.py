@@ -1,4 +1,4 @@
-"""The embedded corpus (data/corpus/*.txt) is large enough, clean and in the house style."""
+"""The embedded corpus (src/correcteur/corpus/*.txt) is large enough, clean and in the house style."""
 
 import pytest
 

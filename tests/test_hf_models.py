@@ -76,7 +76,8 @@ def test_directory_loads_as_transformers_model_with_its_tokenizer(directory, req
     bpe = Tokenizer.from_file(str(path / "tokenizer.json"))
     assert all(tokenizer.encode(text) == bpe.encode(text).ids for text in TEXTS)
     assert tokenizer.eot_token == 2
-    assert tokenizer.name == info["name"] == str(path.resolve())
+    assert tokenizer.name == info["path"] == str(path.resolve())
+    assert (info["name"], info["sha256"]) == (path.name, fetch.sha256_of(path / "model.safetensors"))
     assert (info["family"], info["pretrained"]) == ("llama", True)
 
 
@@ -96,13 +97,18 @@ def test_training_on_a_directory_reloads_for_inference(llama_dir, tmp_path):
     assert result.run_dir == tmp_path / "runs" / "my-llama"
 
     model, tokenizer, meta = load_for_inference(result.run_dir)
-    assert meta["tokenizer"] == meta["model_name"] == str(path.resolve())
+    assert meta["model_name"] == "my-llama" and meta["base"]["sha256"] == fetch.sha256_of(path / "model.safetensors")
     assert torch.equal(logits(model, IDS), logits(result.model.cpu().eval(), IDS))
     original = get_tokenizer(str(path))
     assert all(tokenizer.encode(text) == original.encode(text) for text in TEXTS)
     assert tokenizer.eot_token == original.eot_token
 
+    # The run folder holds its tokenizer: the base may move away. An older folder, without
+    # tokenizer/, still reads it from the base's directory, and says so once it is gone.
     path.rename(tmp_path / "moved")
+    moved, tokenizer, _ = load_for_inference(result.run_dir)
+    assert all(tokenizer.encode(text) == original.encode(text) for text in TEXTS)
+    shutil.rmtree(result.run_dir / "tokenizer")
     with pytest.raises(UserError, match=f"read from the directory {path.resolve()}, which no longer exists"):
         load_for_inference(result.run_dir)
 

@@ -330,9 +330,9 @@ def test_wrong_file_in_place_is_refused(tmp_path):
 needs_real_file = pytest.mark.skipif(not REAL_GGUF.is_file(), reason=f"{REAL_GGUF} not downloaded")
 
 
-@pytest.fixture(scope="module")
-def smollm2():
-    return weights.load_smollm2(REAL_GGUF.parents[1])
+@pytest.fixture
+def smollm2(real_smollm2):
+    return real_smollm2
 
 
 @pytest.mark.slow

@@ -163,7 +163,7 @@ def test_train_holds_its_folder_and_lets_go_after_a_run_and_after_a_failure(tmp_
     failed = tiny_config(tmp_path, run_name="failed", max_steps=2)
     with pytest.raises(RuntimeError, match="illegal memory access"):
         train(failed, model=tiny_model(), tokenizer=CharTokenizer())
-    assert (failed.run_dir / "config.json").is_file() and not (failed.run_dir / LOCK_NAME).exists()
+    assert (failed.run_dir / "train_config.json").is_file() and not (failed.run_dir / LOCK_NAME).exists()
 
 
 def test_guard_tuning_and_export_refuse_a_run_still_training(tmp_path):

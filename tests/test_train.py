@@ -256,7 +256,7 @@ def test_overfits_a_tiny_batch(tmp_path):
     result = train(config, model=tiny_model(), tokenizer=CharTokenizer())
     assert result.history[-1]["train_loss"] < 0.1
     assert result.summary["stop_reason"] == "completed" and result.summary["steps"] == 150
-    saved = json.loads((result.run_dir / "config.json").read_text())
+    saved = json.loads((result.run_dir / "train_config.json").read_text())
     assert saved == dataclasses.asdict(config)
     assert json.loads((result.run_dir / "history.json").read_text()) == result.history
 
@@ -330,7 +330,7 @@ def test_resume_takes_the_settings_not_given_from_the_run(tmp_path):
     from correcteur.files import write_json
 
     first = tiny_config(tmp_path, lr=1e-3, batch_size=4)
-    write_json(first.run_dir / "config.json", dataclasses.asdict(first))
+    write_json(first.run_dir / "config.json", dataclasses.asdict(first))  # an older run folder
     given = {"model": "tiny", "out_dir": first.out_dir, "max_steps": 9}  # `--resume --max-steps 9`
     assert resumed_config(given) == dataclasses.replace(first, max_steps=9)
     # An option given explicitly is applied even when it equals the default (5e-5), never

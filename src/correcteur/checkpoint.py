@@ -14,6 +14,12 @@ A run directory holds two kinds of `.pt` files, both plain `torch.save` dictiona
 The functions here take and return plain dictionaries (the training loop's state and config as
 `dataclasses.asdict` gives them), so this module knows nothing of the loop that fills them.
 
+A run folder carries what it takes to use it anywhere: the training config as
+`train_config.json` (`config.json` in older folders, the name Hugging Face gives a model's
+config), the tokenizer in Hugging Face's layout (`tokenizer/`), and the base model recorded by
+name and sha256 (`weights.find_base` finds it again for adapters.pt). Older folders, without
+`tokenizer/`, get their tokenizer by the name the checkpoint recorded.
+
 Every file is written to a temporary file in the same folder and renamed over the old one
 (`os.replace` is atomic), so a crash mid-write leaves the previous checkpoint intact.
 """
@@ -22,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import json
 import os
 import pickle
 import random
@@ -31,15 +38,24 @@ from pathlib import Path
 import torch
 
 from correcteur.errors import UserError
-from correcteur.files import atomic_write, run_lock
+from correcteur.files import atomic_write, run_lock, write_json
 from correcteur.llama import LlamaModel
 from correcteur.lora import apply_lora, load_lora_state_dict, lora_state_dict, merge_lora
 from correcteur.model import GPTModel
-from correcteur.tokenizer import get_tokenizer
-from correcteur.weights import load_base_model
+from correcteur.tokenizer import (
+    LlamaTokenizer,
+    get_tokenizer,
+    is_gpt2,
+    load_tokenizer_folder,
+    save_tokenizer,
+)
+from correcteur.weights import find_base, load_base_model
 
 FORMAT_VERSION = 1
 HALF_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
+TRAIN_CONFIG = "train_config.json"
+OLD_TRAIN_CONFIG = "config.json"  # before train_config.json
+TOKENIZER_DIR = "tokenizer"
 
 
 def save_checkpoint(path: str | Path, state: dict) -> Path:
@@ -76,6 +92,52 @@ def _unreadable_message(path: Path, error: Exception) -> str:
     return (f"{path} is not a checkpoint of this project, or it is damaged ({why}); use the best.pt or "
             "last.pt of a training run (`python -m correcteur train` makes them), or copy the file again "
             "if it was cut short on the way")
+
+
+# ----------------------------------------------------------------------------- the run folder
+
+
+def read_train_config(run_dir: str | Path) -> dict | None:
+    """The training config a run folder holds: train_config.json, else an older folder's
+    config.json; None when it has neither."""
+    for name in (TRAIN_CONFIG, OLD_TRAIN_CONFIG):
+        path = Path(run_dir) / name
+        if path.is_file():
+            try:
+                saved = json.loads(path.read_text(encoding="utf-8"))
+            except (ValueError, UnicodeDecodeError) as error:
+                raise UserError(f"{path} is not valid JSON ({error}); the run folder is damaged") from None
+            if name == TRAIN_CONFIG or "data_dir" in saved:  # a Hugging Face config.json is no run's
+                return saved
+    return None
+
+
+def save_train_config(run_dir: str | Path, config: dict) -> Path:
+    """Write train_config.json; an older folder's config.json (the same config) goes."""
+    path = write_json(Path(run_dir) / TRAIN_CONFIG, config)
+    old = Path(run_dir) / OLD_TRAIN_CONFIG
+    with contextlib.suppress(OSError, ValueError, UnicodeDecodeError):
+        if "data_dir" in json.loads(old.read_text(encoding="utf-8")):
+            old.unlink()
+    return path
+
+
+def save_run_tokenizer(tokenizer, run_dir: str | Path, context_length: int) -> Path | None:
+    """Copy the tokenizer into the run folder (`tokenizer/`, Hugging Face's layout), so the run
+    loads without its base model. Tokenizers of neither kind the package makes (a test's own)
+    are not copied; a copy already there (a resumed run) is kept."""
+    folder = Path(run_dir) / TOKENIZER_DIR
+    if not (is_gpt2(tokenizer) or isinstance(tokenizer, LlamaTokenizer)):
+        return None
+    if not (folder / "tokenizer_config.json").is_file():
+        save_tokenizer(tokenizer, folder, context_length)
+    return folder
+
+
+def run_tokenizer(path: Path, name: str):
+    """The tokenizer of the checkpoint at `path`: the copy in its folder, else by `name`."""
+    folder = path.parent / TOKENIZER_DIR
+    return load_tokenizer_folder(folder) if folder.is_dir() else get_tokenizer(name)
 
 
 # ----------------------------------------------------------------------------- resumable state
@@ -144,12 +206,15 @@ def inference_state(model, meta: dict, step: int, val_loss: float, lora: bool = 
 
 def adapters_state(model, meta: dict, step: int, val_loss: float, config: dict) -> dict:
     """The payload of adapters.pt: the LoRA weights alone (a few MB instead of the whole
-    model) and what it takes to rebuild the base model around them (`load_for_inference`)."""
+    model) and what it takes to rebuild the base model around them (`load_for_inference`):
+    its name and sha256 (`meta["base"]`), and where it was."""
+    base = meta.get("base") or {}
     return {"format_version": FORMAT_VERSION, "kind": "adapters",
             "adapters": {k: v.detach().cpu() for k, v in lora_state_dict(model).items()},
             "lora": {"rank": config["lora_rank"], "alpha": config["lora_alpha"], "seed": config["seed"]},
-            "base_model": {"name": config["model"], "allow_scratch": config["allow_scratch"], "seed": config["seed"],
-                           "models_dir": str(Path(config["models_dir"]).resolve())},
+            "base_model": {"name": base.get("name", config["model"]), "sha256": base.get("sha256"),
+                           "path": base.get("path"), "allow_scratch": config["allow_scratch"],
+                           "seed": config["seed"], "models_dir": str(Path(config["models_dir"]).resolve())},
             "step": step, "val_loss": val_loss, **meta}
 
 
@@ -158,8 +223,12 @@ def _base_with_adapters(payload: dict) -> torch.nn.Module:
     base = payload["base_model"]
     # Older adapters.pt files lack models_dir; on another machine it may not exist: the default then.
     models_dir = base.get("models_dir") if Path(base.get("models_dir") or "").is_dir() else None
-    model, _, _ = load_base_model(base["name"], **({"models_dir": models_dir} if models_dir else {}),
-                                  allow_scratch=base["allow_scratch"], seed=base["seed"])
+    where = {"models_dir": models_dir} if models_dir else {}
+    model, _, info = load_base_model(find_base(base, **where), **where,
+                                     allow_scratch=base["allow_scratch"], seed=base["seed"])
+    if base.get("sha256") and info.get("sha256") not in (None, base["sha256"]):
+        raise UserError(f"the base model {base['name']} now has other weights (sha256 {info['sha256']}, "
+                        f"not {base['sha256']}) than the adapters were trained on: use best.pt instead")
     apply_lora(model, rank=payload["lora"]["rank"], alpha=payload["lora"]["alpha"], seed=payload["lora"]["seed"])
     load_lora_state_dict(model, payload["adapters"])
     return merge_lora(model)
@@ -228,7 +297,7 @@ def load_for_inference(path: str | Path, device: str | torch.device | None = Non
     if device is not None:
         model.to(device)
     if tokenizer is None:
-        tokenizer = get_tokenizer(payload["tokenizer"])
+        tokenizer = run_tokenizer(path, payload["tokenizer"])
     meta = {k: v for k, v in payload.items() if k not in ("model", "adapters")}
     return model, tokenizer, meta
 
@@ -244,13 +313,13 @@ def export_half(path: str | Path, out: str | Path, dtype: torch.dtype = torch.bf
     if dtype not in names:
         raise ValueError(f"export_half writes bfloat16 or float16, not {dtype}")
     path = inference_file(path)
-    with _source_lock(path.parent):
+    with source_lock(path.parent):
         payload = load_checkpoint(path)
         model = _model_from_payload(payload, path, dtype)  # tied weights stay one tensor
         return save_checkpoint(out, {**payload, "model": model.state_dict(), "dtype": names[dtype]})
 
 
-def _source_lock(folder: Path) -> contextlib.AbstractContextManager:
+def source_lock(folder: Path) -> contextlib.AbstractContextManager:
     """The run lock of a folder being read; none for a read-only one, which no run can write."""
     if folder.is_dir() and not os.access(folder, os.W_OK):
         return contextlib.nullcontext()

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
 
+import correcteur
 from correcteur.errors import UserError
 
 CHECKPOINT_HELP = "a training run's folder (checkpoints/<run>/) or its best.pt"
@@ -28,10 +29,11 @@ CHECKPOINT_HELP = "a training run's folder (checkpoints/<run>/) or its best.pt"
 
 def add_download(parser: argparse.ArgumentParser) -> None:
     from correcteur.fetch import ENDPOINT_ENV, HUB_ENDPOINT
+    from correcteur.files import CHECKPOINTS_DIR
     from correcteur.weights import DOWNLOADABLE
 
     parser.add_argument("--model", default="gpt2-medium", help=DOWNLOADABLE)
-    parser.add_argument("--models-dir", default="checkpoints",
+    parser.add_argument("--models-dir", default=str(CHECKPOINTS_DIR),
                         help="folder that receives <size>/ (GPT-2: config.json, model.safetensors) or "
                              "<name>/ (hub models: config.json, model.safetensors, tokenizer.json)")
     parser.add_argument("--endpoint", default=os.environ.get(ENDPOINT_ENV) or HUB_ENDPOINT,
@@ -62,7 +64,7 @@ def add_data(parser: argparse.ArgumentParser) -> None:
     defaults = DataConfig()
     aug = defaults.augment
     parser.add_argument("--source", default=defaults.source,
-                        help="'embedded' (the corpus in data/corpus), 'hf' (the Hugging Face dataset, "
+                        help="'embedded' (the corpus shipped in the package, correcteur/corpus), 'hf' (the Hugging Face dataset, "
                              "see --hf-dataset) or a CSV/JSON/JSONL file with columns input+output "
                              "(or target), or text (or sentence) for clean sentences to corrupt")
     parser.add_argument("--out", default=defaults.out,
@@ -152,15 +154,33 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def add_export(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", required=True, help=CHECKPOINT_HELP)
-    parser.add_argument("--out", required=True, help="file to write, e.g. checkpoints/RUN/model-bf16.pt")
+    parser.add_argument("--checkpoint", required=True, help=CHECKPOINT_HELP + " (or its adapters.pt)")
+    parser.add_argument("--format", choices=("pt", "hf", "gguf"), default="pt",
+                        help="pt: this package's checkpoint in half precision (--out is a file); hf: a Hugging "
+                             "Face model directory for transformers; gguf: a GGUF file and an Ollama Modelfile "
+                             "(--out is a folder for both, with a model card README.md)")
+    parser.add_argument("--out", required=True, help="file (pt, e.g. checkpoints/RUN/model-bf16.pt) or folder (hf, gguf)")
     parser.add_argument("--dtype", choices=("bfloat16", "float16"), default="bfloat16",
-                        help="bfloat16 (same range as float32) or float16")
+                        help="pt: bfloat16 (same range as float32) or float16")
+    parser.add_argument("--gguf-type", choices=("f16", "q8_0"), default="f16",
+                        help="gguf: 16-bit floats, or 8-bit blocks (about half the size)")
+    parser.add_argument("--report", default=None,
+                        help="hf, gguf: the report.json of `correcteur evaluate`, whose metrics go into the "
+                             "model card (default: the run folder's report.json, if any)")
 
 
 def run_export(args: argparse.Namespace) -> int:
     from correcteur.checkpoint import HALF_DTYPES, export_half, inference_file
 
+    if args.format != "pt":
+        from correcteur.export import export
+
+        files = export(args.checkpoint, args.out, args.format, args.gguf_type, args.report)
+        total = sum(f.stat().st_size for f in files) / 2**20
+        print(f"{args.out}: {', '.join(f.name for f in files)} ({total:.1f} MiB)")
+        print("load it with transformers.AutoModelForCausalLM.from_pretrained" if args.format == "hf"
+              else f"serve it with `ollama create correcteur -f {Path(args.out) / 'Modelfile'}`")
+        return 0
     source = inference_file(args.checkpoint)
     out = export_half(source, args.out, HALF_DTYPES[args.dtype])
     ratio = out.stat().st_size / source.stat().st_size
@@ -512,7 +532,8 @@ COMMANDS: dict[str, Command] = {
     "download": Command("download GPT-2, SmolLM2 or small hub models into checkpoints/", add_download, run_download),
     "data": Command("build the instruction dataset: clean, augment, split leak-free", add_data, run_data),
     "train": Command("fine-tune a model on the instruction dataset", add_train, run_train),
-    "export": Command("write a trained model in bfloat16/float16 (half the size)", add_export, run_export),
+    "export": Command("write a trained model in half precision, for transformers (hf) or for llama.cpp and "
+                      "Ollama (gguf)", add_export, run_export),
     "guard": Command("tune the guard's thresholds on the validation split (guard.json)", add_guard, run_guard),
     "respond": Command("generate a model_response for every test entry", add_respond, run_respond),
     "score": Command("score responses against the reference and the copy baseline", add_score, run_score),
@@ -531,6 +552,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         description="Fine-tune a language model to correct French text, evaluate it honestly, use it.",
         epilog="Run `python -m correcteur COMMAND --help` for the options of a command.",
     )
+    parser.add_argument("--version", action="version", version=f"correcteur {correcteur.__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, spec in COMMANDS.items():
         cmd_parser = sub.add_parser(name, help=spec.help, description=spec.help,

@@ -6,7 +6,7 @@ variant of a sentence lives in the same split: the test set holds sentences the 
 saw, which is what the project we descend from got wrong (its 300 test entries were 14
 training sentences).
 
-Sources: the embedded corpus (`data/corpus/*.txt`, one clean sentence a line), the Hugging
+Sources: the embedded corpus (`src/correcteur/corpus/*.txt`, package data, one clean sentence a line), the Hugging
 Face dataset `fdemelo/spelling-correction-french-news` (or a local copy in its schema), or a
 user's CSV/JSON/JSONL file of (input, output) pairs or of clean sentences.
 
@@ -36,12 +36,12 @@ from tqdm import tqdm
 
 from correcteur.augment import AugmentConfig, Lexicon, augment_sentence, french_lexicon
 from correcteur.errors import UserError
-from correcteur.files import PROJECT_ROOT, sha256_of, write_json
+from correcteur.files import sha256_of, write_json
 from correcteur.prompt import HF_PREFIX, INSTRUCTION, build_prompt, check_style
 from correcteur.tokenizer import get_tokenizer
 
 HF_DATASET = "fdemelo/spelling-correction-french-news"
-CORPUS_DIR = PROJECT_ROOT / "data" / "corpus"
+CORPUS_DIR = Path(__file__).parent / "corpus"  # package data: found where the package is installed
 SPLIT_SHARES = {"train": 0.85, "test": 0.10, "val": 0.05}  # as in the seed project
 CSV_FIELD_LIMIT = 2**31 - 1  # the csv module's default (128 KiB per field) refuses long texts
 SPLIT_FILES = {"train": "train.json", "val": "val.json", "test": "test.json"}

@@ -24,7 +24,7 @@ from correcteur.guard import GUARD_FILE, checkpoint_folder
 from correcteur.judge import check_server, generate_model_scores, summarize_scores
 from correcteur.metrics import format_table, plot_error_types, score_entries
 from correcteur.respond import respond, usable_entries
-from correcteur.weights import load_base_model
+from correcteur.weights import find_base, load_base_model
 
 
 @dataclass
@@ -94,7 +94,7 @@ def evaluate(config: EvalConfig) -> dict:
 
 def base_model_responses(meta: dict, entries: list[dict], out: Path, config: EvalConfig) -> list[dict]:
     """The seed's comparison: the same prompt answered by the model before fine-tuning."""
-    model, tokenizer, _ = load_base_model(meta["model_name"])
+    model, tokenizer, _ = load_base_model(find_base(meta.get("base") or {"name": meta["model_name"]}))
     corrector = Corrector(model, tokenizer, prompt_style=meta.get("prompt_style", "alpaca"),
                           device=config.device, name=f"{meta['model_name']} (base)", batch_size=config.batch_size,
                           input_prefix=meta.get("input_prefix", ""))

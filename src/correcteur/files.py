@@ -24,19 +24,36 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
+import platformdirs
 import psutil
 
 from correcteur.errors import UserError
 
-# The repository (the package is installed editable from it): corpus, checkpoints, runs.
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
-CHECKPOINTS_DIR = PROJECT_ROOT / "checkpoints"
+HOME_ENV = "CORRECTEUR_HOME"
 CACHE_ENV = "CORRECTEUR_CACHE_DIR"
 
 
+def checkout_root() -> Path | None:
+    """The repository this module runs from (an editable install or PYTHONPATH=src), or None
+    for an installed package."""
+    root = Path(__file__).resolve().parents[2]
+    return root if (root / "pyproject.toml").is_file() and (root / "src" / "correcteur").is_dir() else None
+
+
+def project_home() -> Path:
+    """Where downloaded weights (checkpoints/) and runs (runs/) live: $CORRECTEUR_HOME, else the
+    checkout, else the user's data folder (`platformdirs`: ~/.local/share/correcteur on Linux)."""
+    return Path(os.environ.get(HOME_ENV) or checkout_root() or platformdirs.user_data_dir("correcteur"))
+
+
+PROJECT_ROOT = project_home()
+CHECKPOINTS_DIR = PROJECT_ROOT / "checkpoints"
+
+
 def cache_dir() -> Path:
-    """Where the project keeps files it fetched once (override with $CORRECTEUR_CACHE_DIR)."""
-    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "correcteur")
+    """Where the project keeps files it fetched once: $CORRECTEUR_CACHE_DIR, else the user's
+    cache folder (`platformdirs`: ~/.cache/correcteur on Linux)."""
+    return Path(os.environ.get(CACHE_ENV) or platformdirs.user_cache_dir("correcteur"))
 
 
 def atomic_write(path: str | Path, write: Callable[[BinaryIO], object]) -> Path:

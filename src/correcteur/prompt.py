@@ -60,8 +60,12 @@ def extract_response(generated: str, style: str = "alpaca") -> str:
     header = format_response_prefix(style)
     _, found, after = generated.partition(header)
     text = after if found else generated
-    stops = [SPECIAL_TOKEN, "###"] + ([SHORT_RESPONSE_HEADER.rstrip("\n"), f"\n{INSTRUCTION}"]
-                                      if style == "short" else [])
-    for stop in stops:
+    for stop in response_stops(style):
         text = text.split(stop, 1)[0]
     return text.strip()
+
+
+def response_stops(style: str = "alpaca") -> list[str]:
+    """The texts that end an answer, besides the model's end token (also given to Ollama)."""
+    return [SPECIAL_TOKEN, "###"] + ([SHORT_RESPONSE_HEADER.rstrip("\n"), f"\n{INSTRUCTION}"]
+                                     if style == "short" else [])

