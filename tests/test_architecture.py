@@ -13,12 +13,12 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "correcteur"
 # Bottom to top. A module may import modules of its own layer or of the layers below it.
 LAYERS = [
     ("text", {"errors", "files", "prompt", "textdiff", "edits", "mask", "textfiles"}),
-    ("models", {"model", "llama", "lora", "generate"}),
+    ("models", {"model", "llama", "lora", "generate", "scoring"}),
     ("loading", {"fetch", "tokenizer", "weights"}),
     ("data", {"augment", "data"}),
     ("training", {"batches", "checkpoint", "train"}),
-    ("correction", {"guard", "correct"}),
-    ("evaluation", {"baselines", "metrics", "judge", "respond", "guard_tuning", "evaluate"}),
+    ("correction", {"candidates", "guard", "choose", "correct"}),
+    ("evaluation", {"baselines", "metrics", "judge", "respond", "guard_tuning", "choose_tuning", "evaluate"}),
     ("use", {"app", "export", "pipeline", "serve", "documents", "cli", "__main__", "__init__"}),
 ]
 LAYER_OF = {module: index for index, (_, modules) in enumerate(LAYERS) for module in modules}

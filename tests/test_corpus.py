@@ -2,7 +2,7 @@
 
 import pytest
 
-from correcteur.baselines import grammalecte_checker, grammalecte_errors
+from correcteur.candidates import grammalecte_checker, grammalecte_errors
 from correcteur.data import CORPUS_DIR, normalize_text
 
 MIN_SENTENCES = 2000          # the issue's floor for the embedded corpus
@@ -37,7 +37,7 @@ def test_corpus_sentence_lengths():
 
 @pytest.mark.slow
 def test_grammalecte_flags_at_most_one_percent():
-    """Grammalecte with only its typographic options off (`baselines.TYPOGRAPHIC_OPTIONS`:
+    """Grammalecte with only its typographic options off (`candidates.TYPOGRAPHIC_OPTIONS`:
     straight apostrophe, plain spaces before ? ! : ; and units, superscript ordinals)."""
     if grammalecte_checker() is None:
         pytest.skip("Grammalecte is not installed (Debian package python3-grammalecte)")

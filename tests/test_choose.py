@@ -1,0 +1,328 @@
+"""Rules and lexicon propose, the model disposes: candidates, scorers, the chooser, its tuning,
+and (input, target) files for evaluation."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from correcteur.candidates import (
+    Candidate,
+    accent_variants,
+    candidates,
+    elision_candidates,
+    grammalecte_candidates,
+    grammalecte_checker,
+    lexicon_neighbours,
+    model_candidates,
+    word_candidates,
+)
+from correcteur.choose import (
+    Chooser,
+    ChooserConfig,
+    Weighing,
+    apply_candidates,
+    choose,
+    clusters,
+    load_chooser_config,
+    save_chooser_config,
+)
+from correcteur.choose_tuning import Replay, tune_chooser
+from correcteur.errors import UserError
+from correcteur.files import load_entries
+from correcteur.model import GPTModel
+from correcteur.scoring import (
+    HFSentenceScorer,
+    changed_span,
+    continuation_log_probs,
+)
+from tests.conftest import TINY_GPT_CONFIG
+from tests.test_llama import tiny_llama
+
+needs_grammalecte = pytest.mark.skipif(grammalecte_checker() is None, reason="Grammalecte is not installed")
+
+
+def spans(text: str, found: list[Candidate]) -> set[tuple[str, str, str]]:
+    return {(text[c.start:c.end], c.replacement, c.source) for c in found}
+
+
+# --- candidates ---------------------------------------------------------------------------
+
+def test_word_candidates_of_a_hand_made_sentence():
+    text = "Les enfant vont a l'écolle."
+    found = spans(text, word_candidates(text))
+    assert ("a", "à", "accent") in found
+    assert ("écolle", "école", "lexicon") in found
+    assert ("enfant", "enfants", "variant") in found
+    # the elided article is no word of its own, and a known word gets no lexicon neighbours
+    assert not any(removed in ("l", "Les", "vont") and source == "lexicon" for removed, _, source in found)
+
+
+def test_confusion_sets_cover_elided_forms():
+    text = "Ces un ami, il s'en va."
+    found = spans(text, word_candidates(text))
+    assert {("Ces", "C'est", "homophone"), ("Ces", "Ses", "homophone"), ("s'en", "sans", "homophone")} <= found
+
+
+def test_lexicon_neighbours_are_one_typo_away_and_ranked_by_frequency():
+    assert lexicon_neighbours("maisno")[0] == "maison"  # two neighbours swapped
+    near = lexicon_neighbours("Chein")
+    assert "Chien" in near and all(w[0].isupper() for w in near)  # the capital kept
+    variants = accent_variants("peche")
+    assert {"pêche", "péché"} <= set(variants) and "peche" not in variants
+    assert accent_variants("xyz") == []
+
+
+def test_elision_candidates():
+    text = "Je aime le arbre de Anne."
+    assert spans(text, elision_candidates(text)) == {("Je ", "J'", "elision"), ("le ", "l'", "elision"),
+                                                     ("de ", "d'", "elision")}
+
+
+def test_model_candidates_are_the_changed_stretches_with_offsets():
+    source, answer = "Il a manger une pome.", "Il a mangé une pomme."
+    found = model_candidates(source, answer)
+    assert [(source[c.start:c.end], c.replacement) for c in found] == [("manger", "mangé"), ("pome.", "pomme.")]
+    assert apply_candidates(source, found) == answer
+
+
+@needs_grammalecte
+def test_every_grammalecte_suggestion_is_a_candidate():
+    text = "Il a tenu conte de la situation et ils est aller."
+    found = spans(text, grammalecte_candidates(text))
+    assert ("conte", "compte", "grammar") in found
+    assert {("aller", "allé", "grammar"), ("aller", "allée", "grammar")} & found
+
+
+def test_candidates_are_unique_and_never_the_text_itself():
+    text = "Il a manger a la maison."
+    found = candidates(text, "Il a mangé à la maison.")
+    keys = [(c.start, c.end, c.replacement) for c in found]
+    assert len(keys) == len(set(keys))
+    assert all(text[c.start:c.end] != c.replacement for c in found)
+    assert not candidates(text, sources=())
+
+
+# --- scorers ------------------------------------------------------------------------------
+
+def full_log_prob(model, prefix: list[int], continuation: list[int]) -> float:
+    ids = torch.tensor([prefix + continuation])
+    logits = model(ids[:, :-1]).float()
+    log_probs = torch.log_softmax(logits, dim=-1)[0, len(prefix) - 1:]
+    return log_probs.gather(1, torch.tensor(continuation)[:, None]).sum().item()
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "llama"])
+def test_shared_prompt_scores_equal_one_forward_per_text(kind):
+    torch.manual_seed(0)
+    model = GPTModel(TINY_GPT_CONFIG).eval() if kind == "gpt2" else tiny_llama()
+    vocab = 90
+    prefix = torch.randint(0, vocab, (11,)).tolist()
+    rows = [torch.randint(0, vocab, (n,)).tolist() for n in (1, 5, 3, 8)]
+    with torch.no_grad():
+        expected = [full_log_prob(model, prefix, row) for row in rows]
+    assert continuation_log_probs(model, prefix, rows) == pytest.approx(expected, abs=1e-4)
+
+
+def test_a_prompt_too_long_loses_its_start_and_a_row_too_long_is_refused():
+    model = tiny_llama()  # a context of 64 tokens
+    prefix, row = list(range(60)), list(range(10))
+    with torch.no_grad():
+        assert continuation_log_probs(model, prefix, [row]) == pytest.approx(
+            [full_log_prob(model, prefix[6:], row)], abs=1e-4)
+    with pytest.raises(ValueError, match="no room"):
+        continuation_log_probs(model, prefix, [list(range(64))])
+
+
+def test_changed_span():
+    assert changed_span([1, 2, 3, 4, 5], [1, 2, 9, 4, 5], None) == ((2, 5), (2, 5))
+    assert changed_span([1, 2, 3, 4, 5], [1, 2, 9, 4, 5], 1) == ((2, 4), (2, 4))
+    assert changed_span([1, 2, 3, 4, 5], [1, 2, 9, 9, 3, 4, 5], 0) == ((2, 2), (2, 4))
+    assert changed_span([1, 2], [1, 2], 3) == ((2, 2), (2, 2))
+
+
+class IdTokenizer:
+    """Characters as token ids, for a Hugging Face model of a tiny vocabulary."""
+
+    bos_token_id = 1
+
+    def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
+        return [2 + (ord(c) % 60) for c in text]
+
+
+def test_windowed_sentence_scores_are_exact_without_a_window_and_close_with_one():
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128)
+    model = transformers.LlamaForCausalLM(config).eval()
+    tokenizer = IdTokenizer()
+    source = "il a manger une pome"
+    texts = [source, "il a mangé une pome", "il a manger une pomme", "elle a manger une pome"]
+
+    def whole(text: str) -> float:
+        ids = torch.tensor([[1, *tokenizer.encode(text)]])
+        with torch.no_grad():
+            log_probs = torch.log_softmax(model(input_ids=ids).logits[0, :-1].float(), dim=-1)
+        return log_probs.gather(1, ids[0, 1:, None]).sum().item()
+
+    expected = [whole(t) - whole(source) for t in texts]
+    assert HFSentenceScorer(model, tokenizer, window=None)(source, texts) == pytest.approx(expected, abs=1e-4)
+    windowed = HFSentenceScorer(model, tokenizer, window=2)(source, texts)
+    assert windowed[0] == 0.0
+    assert windowed[2] == pytest.approx(expected[2], abs=1e-4)  # the last word: its window reaches the end
+
+
+# --- the chooser --------------------------------------------------------------------------
+
+class TableScorer:
+    """Scores from a table (texts missing from it score 0), and a record of every call."""
+
+    name = "table"
+
+    def __init__(self, table: dict[str, float]):
+        self.table, self.calls = table, []
+
+    def __call__(self, source: str, texts: list[str]) -> list[float]:
+        self.calls.append(list(texts))
+        return [self.table.get(t, 0.0) for t in texts]
+
+
+SOURCE = "Il a manger a Paris."
+
+
+def candidate(old: str, new: str, source: str, text: str = SOURCE) -> Candidate:
+    start = text.index(old)
+    return Candidate(start, start + len(old), new, source)
+
+
+def test_clusters_group_overlapping_spans():
+    found = [Candidate(0, 2, "x", "grammar"), Candidate(1, 4, "y", "model"), Candidate(5, 6, "z", "accent"),
+             Candidate(6, 6, "!", "model"), Candidate(6, 8, "w", "lexicon")]
+    assert clusters(found) == [[0, 1], [2], [3], [4]]
+    assert apply_candidates("abcdefgh", [found[2], found[3], found[4]]) == "abcdez!w"
+
+
+def test_the_best_candidate_of_each_cluster_wins_if_it_reaches_its_margin():
+    found = [candidate("manger", "mangé", "grammar"), candidate("manger", "mangez", "variant"),
+             candidate("a Paris", "à Paris", "homophone")]
+    table = {SOURCE: -20.0, "Il a mangé a Paris.": -15.0, "Il a mangez a Paris.": -16.0,
+             "Il a manger à Paris.": -18.5, "Il a mangé à Paris.": -13.0}
+    weighing = Weighing(TableScorer(table), SOURCE, found)
+    assert weighing.margins == [5.0, 4.0, 1.5]
+    config = ChooserConfig(margins={"grammar": 0.0, "variant": 0.0, "homophone": 2.0}, joint=False)
+    assert [c.candidate.replacement for c in choose(weighing, config)] == ["mangé"]
+    config.margins["homophone"] = 1.0
+    chosen = choose(weighing, config)
+    assert apply_candidates(SOURCE, [c.candidate for c in chosen]) == "Il a mangé à Paris."
+    config.margins["grammar"] = None  # a source switched off proposes nothing
+    assert [c.candidate.replacement for c in choose(weighing, config)] == ["mangez", "à Paris"]
+
+
+def test_joint_scoring_drops_an_edit_that_loses_its_margin_beside_the_others():
+    found = [candidate("manger", "mangé", "grammar"), candidate("a Paris", "à Paris", "homophone")]
+    table = {SOURCE: -20.0, "Il a mangé a Paris.": -15.0, "Il a manger à Paris.": -17.0,
+             "Il a mangé à Paris.": -14.0}  # beside "mangé", "à" only wins 1 nat
+    config = ChooserConfig(margins={"grammar": 0.0, "homophone": 2.0}, joint=True)
+    chosen = choose(Weighing(TableScorer(table), SOURCE, found), config)
+    assert [(c.candidate.replacement, c.margin) for c in chosen] == [("mangé", 3.0)]
+
+
+def test_the_chooser_scores_each_sentence_once_and_leaves_protected_text_alone():
+    scorer = TableScorer({"Il a mangé a Paris.": 3.0})
+    chooser = Chooser(scorer, ChooserConfig(margins={"grammar": 0.5, "model": 0.5}))
+    answer = "Il a mangé à Paris."
+    assert chooser(SOURCE, answer) == "Il a mangé a Paris."
+    assert all(len(call) == len(set(call)) for call in scorer.calls)
+    assert chooser(SOURCE, answer, protected=[(5, 11)]) == SOURCE  # "manger" is the user's word
+    assert chooser("   ") == "   "
+
+
+def test_chooser_config_round_trip(tmp_path):
+    config = ChooserConfig(margins={"grammar": -1.0, "model": None}, joint=False, scorer="gemma")
+    save_chooser_config(config, tmp_path, {"entries": 3})
+    assert load_chooser_config(tmp_path) == config
+    assert load_chooser_config(tmp_path / "best.pt") == config  # a checkpoint file's folder
+    (tmp_path / "untuned").mkdir()
+    assert load_chooser_config(tmp_path / "untuned") is None
+
+
+# --- tuning -------------------------------------------------------------------------------
+
+def synthetic_entries() -> tuple[list[dict], dict[str, float]]:
+    """Twenty sentences whose misspelling the model's answer fixes and a rule does not, and
+    ten correct ones that the "homophone" source would spoil: a scripted scorer likes every
+    fix by 5 nats and every spoilt sentence by 1."""
+    entries, table = [], {}
+    for i in range(20):
+        source, fixed = f"Le chat{i} a manger.", f"Le chat{i} a mangé."
+        entries.append({"input": source, "output": fixed, "raw_response": fixed})
+        table[fixed] = 5.0
+    for i in range(10):
+        clean = f"La maison{i} est belle."
+        entries.append({"input": clean, "output": clean, "raw_response": clean})
+        table[f"La maison{i} et belle."] = 1.0
+    return entries, table
+
+
+def test_tuning_finds_the_margins_that_fix_errors_without_harm():
+    entries, table = synthetic_entries()
+    replay = Replay(TableScorer(table), entries, ("homophone", "model"), progress=False)
+    config, tried = tune_chooser(replay, ("homophone", "model"), scorer="table", max_harm=0.1, min_clean=0.7)
+    assert config.margins["model"] is not None and config.margins["model"] <= 5.0
+    assert config.margins["homophone"] is None or config.margins["homophone"] > 1.0  # it would spoil the clean ten
+    best = replay.scores(config)
+    assert best["error_reduction"] == 1.0 and best["harm_rate"] == 0.0
+    assert tried[0]["margins"] == {"homophone": None, "model": None}  # it starts from doing nothing
+    assert any(row["harm_rate"] > 0 for row in tried)
+
+
+def test_tuning_refuses_an_empty_split():
+    with pytest.raises(UserError, match="no validation entries"):
+        tune_chooser(Replay(TableScorer({}), [], progress=False))
+
+
+# --- (input, target) files ----------------------------------------------------------------
+
+def test_a_tsv_of_pairs_becomes_entries(tmp_path):
+    path = tmp_path / "pairs.tsv"
+    path.write_text("type\tinput\ttarget\trule\nhomophone\tIl a conte.\tIl a compte.\tR1\n"
+                    "clean\tTout va bien.\tTout va bien.\tR2\n", encoding="utf-8")
+    assert load_entries(path) == [
+        {"type": "homophone", "rule": "R1", "input": "Il a conte.", "output": "Il a compte.",
+         "error_types": ["homophone"]},
+        {"type": "clean", "rule": "R2", "input": "Tout va bien.", "output": "Tout va bien.", "error_types": []}]
+    csv_path = tmp_path / "pairs.csv"
+    csv_path.write_text('input,output\n"Un, deux",Un deux\n', encoding="utf-8")
+    assert load_entries(csv_path) == [{"input": "Un, deux", "output": "Un deux"}]
+
+
+@pytest.mark.parametrize("content, message", [
+    ("source\ttarget\nA\tB\n", "must name the columns 'input' and 'target'"),
+    ("input\ttarget\nA\tB\nC\n", "1 rows do not have the header's columns (line 3 first)"),
+    ("", "must name the columns"),
+])
+def test_bad_pair_files_get_clear_messages(tmp_path, content, message):
+    path = tmp_path / "pairs.tsv"
+    path.write_text(content, encoding="utf-8")
+    with pytest.raises(UserError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        load_entries(path)
+
+
+def test_a_pair_file_that_is_not_utf8_is_refused(tmp_path):
+    path = tmp_path / "pairs.tsv"
+    path.write_bytes("input\ttarget\nété\tété\n".encode("latin-1"))
+    with pytest.raises(UserError, match="not UTF-8"):
+        load_entries(path)
+
+
+def test_evaluate_reads_a_tsv(tmp_path):
+    """The JSON entries of the split and the same entries as a TSV score the same."""
+    rows = [("Il a manger.", "Il a mangé."), ("Tout va bien.", "Tout va bien.")]
+    tsv = tmp_path / "pairs.tsv"
+    tsv.write_text("input\ttarget\n" + "".join(f"{a}\t{b}\n" for a, b in rows), encoding="utf-8")
+    as_json = tmp_path / "pairs.json"
+    as_json.write_text(json.dumps([{"input": a, "output": b} for a, b in rows]), encoding="utf-8")
+    assert load_entries(tsv) == json.loads(as_json.read_text(encoding="utf-8"))
