@@ -47,6 +47,7 @@ class Profile:
     guard_limit: int | None = None
     base_model_baseline: bool = True
     judge: bool = True  # ask the Ollama judge when a server answers
+    chooser_scorer: str | None = "gemma"  # who judges the chooser's candidates (None: no chooser)
 
 
 PROFILES = {
@@ -72,7 +73,7 @@ PROFILES = {
         name="tiny", model="gpt2-tiny", data_source="embedded", max_sentences=300, variants_per_sentence=1,
         train=dict(num_epochs=1, lr=1e-3, batch_size=8, eval_freq=5, eval_iter=2, patience=4,
                    prompt_style="short", max_steps=10, allow_scratch=True),
-        eval_limit=16, guard_limit=16, base_model_baseline=False, judge=False,
+        eval_limit=16, guard_limit=16, base_model_baseline=False, judge=False, chooser_scorer=None,
     ),
 }
 
