@@ -3,7 +3,8 @@
 `Corrector` is the only thing the app and the `correct` command know of the model. Text of
 any length is cut into sentences (and lines), a sentence too long for the model's context
 after its commas, semicolons and colons (or, failing that, between words), the pieces are
-corrected in left-padded batches with the KV cache, and the result is put back together with
+corrected in left-padded batches with the KV cache (speculative decoding by default: greedy's
+tokens in fewer passes, drafted from the text itself), and the result is put back together with
 the original spaces and line breaks, so a corrector never reflows someone's text.
 """
 
@@ -18,9 +19,16 @@ from tqdm import tqdm
 
 from correcteur.checkpoint import load_for_inference
 from correcteur.errors import UserError
-from correcteur.generate import generate, left_pad
+from correcteur.generate import (
+    DecodingStats,
+    can_verify_drafts,
+    generate,
+    generate_speculative,
+    left_pad,
+)
 from correcteur.guard import guard_for_checkpoint
 from correcteur.model import pick_device
+from correcteur.precision import with_precision
 from correcteur.prompt import correction_prompt, extract_response
 from correcteur.textdiff import GuardFn, Part, join_parts
 
@@ -33,6 +41,7 @@ WHITESPACE = re.compile(r"\s+")
 SENTENCE_END = re.compile(r"[.!?…]+[»”\"')\]]*$")
 WORD_BEFORE_PERIOD = re.compile(r"(?<![\w.])(\w+)\.$")
 CLAUSE_BREAK = re.compile(r"(?<=[,;:])\s+")
+DECODINGS = ("speculative", "greedy")  # the same tokens; speculative takes fewer forward passes
 
 
 def split_sentences(text: str) -> list[tuple[str, str]]:
@@ -72,6 +81,7 @@ class Piece:
     prompt: str
     prompt_ids: list[int]
     max_new_tokens: int
+    source_ids: list[int]  # the text alone: the draft of speculative decoding
 
 
 class Corrector:
@@ -80,7 +90,9 @@ class Corrector:
     def __init__(self, model: torch.nn.Module, tokenizer, prompt_style: str = "alpaca",
                  device: str | torch.device | None = None, max_new_tokens_factor: float = 1.5,
                  guard: GuardFn | None = None, name: str = "model", batch_size: int = 8,
-                 use_cache: bool = True, input_prefix: str = ""):
+                 use_cache: bool = True, input_prefix: str = "", decoding: str = "speculative"):
+        if decoding not in DECODINGS:
+            raise UserError(f"unknown decoding {decoding!r}; choose one of {', '.join(DECODINGS)}")
         self.device = pick_device(str(device or "auto"))
         self.model = model.to(self.device).eval()
         self.tokenizer = tokenizer
@@ -92,31 +104,42 @@ class Corrector:
         self.use_cache = use_cache
         self.meta: dict = {}  # what the checkpoint says of itself, when loaded from one
         self.input_prefix = input_prefix  # the dataset's prefix, put before each text in the prompt
+        self.decoding = decoding
+        self.stats = DecodingStats()  # tokens and forward passes of every row generated
+        self.precision = "float32"
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str | None = None,
-                        guard: bool = True, batch_size: int = 8) -> Corrector:
+                        guard: bool = True, batch_size: int = 8, decoding: str = "speculative",
+                        precision: str = "float32") -> Corrector:
         """Load a training run's checkpoint (its directory or a `.pt` file) for correcting,
-        guarded with the thresholds tuned for it (`guard.json` beside it) unless `guard` is False."""
+        guarded with the thresholds tuned for it (`guard.json` beside it) unless `guard` is False.
+        `precision` (float32, bfloat16, int8: `precision.with_precision`) serves model and guard."""
         path = Path(path)
         if not path.exists():
             raise UserError(
                 f"no checkpoint at {path}: train one with `python -m correcteur train`, then pass "
                 "its folder (checkpoints/<run>/) or its best.pt with --checkpoint"
             )
+        if precision == "int8" and pick_device(str(device or "auto")).type != "cpu":
+            raise UserError("--precision int8 runs on the CPU only: add --device cpu, or choose bfloat16")
         model, tokenizer, meta = load_for_inference(path)
+        model = with_precision(model, precision)
         style = meta.get("prompt_style", "alpaca")
         prefix = meta.get("input_prefix", "")
         checker = guard_for_checkpoint(model, tokenizer, style, path, prefix) if guard else None
         corrector = cls(model, tokenizer, prompt_style=style, device=device, guard=checker,
-                        name=meta.get("model_name", path.name), batch_size=batch_size, input_prefix=prefix)
+                        name=meta.get("model_name", path.name), batch_size=batch_size, input_prefix=prefix,
+                        decoding=decoding)
         corrector.meta = meta
+        corrector.precision = precision
         return corrector
 
     @property
     def description(self) -> str:
         n_params = sum(p.numel() for p in self.model.parameters())
-        return f"{self.name} · {n_params / 1e6:.1f} M paramètres · {self.device.type}"
+        lean = "" if self.precision == "float32" else f" · {self.precision}"
+        return f"{self.name} · {n_params / 1e6:.1f} M paramètres · {self.device.type}{lean}"
 
     def correct(self, text: str, progress: bool = False) -> str:
         """Correct text of any length; spaces, blank lines and line endings come back as they were."""
@@ -178,10 +201,11 @@ class Corrector:
 
     def _encode(self, text: str) -> Piece:
         try:
-            n_input = len(self.tokenizer.encode(text, allowed_special=set()))
+            source_ids = self.tokenizer.encode(text, allowed_special=set())
         except ValueError as error:  # tiktoken refuses special tokens such as <|endoftext|> in text
             raise UserError(f"the text holds a token the model reserves for itself "
                             f"({str(error).splitlines()[0]}): remove it and try again") from None
+        n_input = len(source_ids)
         max_new_tokens = int(self.max_new_tokens_factor * n_input) + 8
         prompt = correction_prompt(text, self.prompt_style, self.input_prefix)
         prompt_ids = self.tokenizer.encode(prompt, allowed_special=set())
@@ -193,10 +217,12 @@ class Corrector:
                 f"up to {max_new_tokens} new ones; longer sentences are cut at commas and spaces, "
                 f"a single word cannot be: break it up"
             )
-        return Piece(text, prompt, prompt_ids, max_new_tokens)
+        return Piece(text, prompt, prompt_ids, max_new_tokens, source_ids)
 
     def _generate(self, pieces: list[Piece]) -> list[str]:
-        """Greedy answers for a batch; each row is cut at end-of-text and at its own budget."""
+        """Greedy answers for a batch; each row is cut at end-of-text and at its own budget.
+        Speculative decoding drafts each answer from its text; a model that cannot verify
+        drafts (a test double with a bare forward) is decoded one token per pass."""
         eot = self.tokenizer.eot_token
         # A chat model may end with another of its special tokens (<|im_end|>): `generate` ends
         # the row there as at end-of-text, filling it with end-of-text.
@@ -205,9 +231,13 @@ class Corrector:
         width = ids.shape[1]
         # Rows of a batch share one loop; capping it keeps every prompt whole (no left crop).
         max_new_tokens = min(max(p.max_new_tokens for p in pieces), self.model.context_length - width)
-        out = generate(self.model, ids, max_new_tokens=max_new_tokens,
-                       context_size=self.model.context_length, eos_id=eot, attention_mask=mask,
-                       use_cache=self.use_cache, stop_ids=stops)
+        options = {"max_new_tokens": max_new_tokens, "context_size": self.model.context_length,
+                   "eos_id": eot, "attention_mask": mask, "use_cache": self.use_cache, "stop_ids": stops}
+        if self.decoding == "speculative" and can_verify_drafts(self.model):
+            out = generate_speculative(self.model, ids, sources=[p.source_ids for p in pieces],
+                                       stats=self.stats, **options)
+        else:
+            out = generate(self.model, ids, **options)
         answers = []
         for piece, row in zip(pieces, out[:, width:].tolist(), strict=True):
             row = row[:piece.max_new_tokens]
