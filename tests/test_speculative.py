@@ -15,9 +15,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from correcteur.correct import Corrector
+from correcteur.errors import UserError
 from correcteur.generate import DecodingStats, draft_from, generate, generate_speculative, left_pad
 from correcteur.llama import LlamaModel
 from correcteur.model import GPTModel, KVCache
+from correcteur.precision import with_precision
 
 GPT_CFG = {"vocab_size": 50, "context_length": 64, "emb_dim": 32, "n_heads": 4, "n_layers": 2,
            "drop_rate": 0.0, "qkv_bias": True}
@@ -223,3 +226,38 @@ def test_trained_copiers_accept_most_drafts(copiers, family, batch, use_cache):
     right = sum(row[:len(answer)] == answer for row, (_, answer) in zip(greedy_rows, pairs, strict=True))
     assert right >= 5, "the copier should have learnt its task"
     assert stats.tokens_per_pass() > 2.5
+
+
+# --- the corrector and the lean CPU path --------------------------------------------------
+
+def test_corrector_decodes_speculatively_by_default_with_greedy_answers(tokenizer):
+    model = lively(GPTModel, {**GPT_CFG, "vocab_size": 50257, "context_length": 128})
+    texts = ["Les enfant sont aller a l'école.", "Il fait beau.", "Ces une bonne idée, mais je ne suis pas sur."]
+    fast = Corrector(model, tokenizer, device="cpu", prompt_style="short", batch_size=2)
+    slow = Corrector(model, tokenizer, device="cpu", prompt_style="short", batch_size=2, decoding="greedy")
+    assert fast.decoding == "speculative"
+    assert fast.correct_batch(texts) == slow.correct_batch(texts)
+    assert len(fast.stats.tokens) == 3 and slow.stats.tokens == []
+    with pytest.raises(UserError, match="unknown decoding"):
+        Corrector(model, tokenizer, device="cpu", decoding="beam")
+
+
+def test_precisions_keep_the_model_and_its_decodings_agreeing():
+    ids = torch.randint(0, 50, (2, 20), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        reference = lively(LlamaModel, LLAMA_CFG)(ids)
+        for precision in ("bfloat16", "int8"):  # close to float32, not equal
+            model = with_precision(lively(LlamaModel, LLAMA_CFG), precision)
+            error = (model(ids).float() - reference).abs().max()
+            assert 0 < error < 0.25 * reference.abs().max()
+            greedy = generate(model, ids, 12, 64)
+            assert torch.equal(generate_speculative(model, ids, 12, 64, greedy[:, 20:].tolist()), greedy)
+    quantized = with_precision(lively(GPTModel, GPT_CFG), "int8")
+    assert not any(type(m) is torch.nn.Linear for m in quantized.modules())
+    with pytest.raises(ValueError, match="unknown precision"):
+        with_precision(quantized, "float8")
+
+
+def test_int8_is_refused_off_the_cpu(tmp_path):
+    with pytest.raises(UserError, match="CPU only"):
+        Corrector.from_checkpoint(tmp_path, device="cuda", precision="int8")

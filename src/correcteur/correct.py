@@ -11,6 +11,7 @@ the original spaces and line breaks, so a corrector never reflows someone's text
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -141,25 +142,30 @@ class Corrector:
         lean = "" if self.precision == "float32" else f" · {self.precision}"
         return f"{self.name} · {n_params / 1e6:.1f} M paramètres · {self.device.type}{lean}"
 
-    def correct(self, text: str, progress: bool = False) -> str:
-        """Correct text of any length; spaces, blank lines and line endings come back as they were."""
+    def correct(self, text: str, progress: bool = False,
+                on_progress: Callable[[int, int], None] | None = None) -> str:
+        """Correct text of any length; spaces, blank lines and line endings come back as they were.
+        `on_progress(done, total)` hears of every batch of sentences corrected (the app's status)."""
         pairs = split_sentences(text)
-        corrected = self.correct_batch([piece for piece, _ in pairs], progress=progress)
+        corrected = self.correct_batch([piece for piece, _ in pairs], progress=progress, on_progress=on_progress)
         return "".join(piece + separator for piece, (_, separator) in zip(corrected, pairs, strict=True))
 
-    def correct_batch(self, texts: list[str], progress: bool = False) -> list[str]:
+    def correct_batch(self, texts: list[str], progress: bool = False,
+                      on_progress: Callable[[int, int], None] | None = None) -> list[str]:
         """One corrected string per text (a sentence, usually), in order; blank texts come back
         untouched, and a text too long for the context is corrected, and guarded, in parts."""
-        return [join_parts(parts, self.guard) for parts in self.answer_parts(texts, progress)]
+        return [join_parts(parts, self.guard) for parts in self.answer_parts(texts, progress, on_progress)]
 
-    def answer_parts(self, texts: list[str], progress: bool = False) -> list[list[Part]]:
+    def answer_parts(self, texts: list[str], progress: bool = False,
+                     on_progress: Callable[[int, int], None] | None = None) -> list[list[Part]]:
         """The model's unguarded answers: for each text, (part, answer, gap after it) for each
         part the context can hold, one part unless the text had to be cut (`_fit`)."""
         cuts = [self._fit(text, "") for text in texts]
-        answers = iter(self._answer_pieces([part for pairs in cuts for part, _ in pairs], progress))
+        answers = iter(self._answer_pieces([part for pairs in cuts for part, _ in pairs], progress, on_progress))
         return [[(part, next(answers), gap) for part, gap in pairs] for pairs in cuts]
 
-    def _answer_pieces(self, texts: list[str], progress: bool) -> list[str]:
+    def _answer_pieces(self, texts: list[str], progress: bool,
+                       on_progress: Callable[[int, int], None] | None = None) -> list[str]:
         """Every text is checked against the context before any is generated, so a text that
         cannot fit fails at once instead of after minutes of work."""
         todo = [i for i, text in enumerate(texts) if text.strip()]
@@ -171,6 +177,8 @@ class Corrector:
             batch, indices = pieces[start:start + self.batch_size], todo[start:start + self.batch_size]
             for index, answer in zip(indices, self._generate(batch), strict=True):
                 results[index] = answer
+            if on_progress is not None:
+                on_progress(min(start + self.batch_size, len(todo)), len(todo))
         return results
 
     def _fit(self, piece: str, separator: str,
