@@ -242,16 +242,23 @@ def test_corrector_decodes_speculatively_by_default_with_greedy_answers(tokenize
         Corrector(model, tokenizer, device="cpu", decoding="beam")
 
 
-def test_precisions_keep_the_model_and_its_decodings_agreeing():
+def test_precisions_stay_close_to_float32():
     ids = torch.randint(0, 50, (2, 20), generator=torch.Generator().manual_seed(3))
+    def plain() -> LlamaModel:
+        torch.manual_seed(0)
+        return LlamaModel(LLAMA_CFG).eval()
+
     with torch.no_grad():
-        reference = lively(LlamaModel, LLAMA_CFG)(ids)
+        reference = plain()(ids)
         for precision in ("bfloat16", "int8"):  # close to float32, not equal
-            model = with_precision(lively(LlamaModel, LLAMA_CFG), precision)
+            model = with_precision(plain(), precision)
             error = (model(ids).float() - reference).abs().max()
-            assert 0 < error < 0.25 * reference.abs().max()
-            greedy = generate(model, ids, 12, 64)
-            assert torch.equal(generate_speculative(model, ids, 12, 64, greedy[:, 20:].tolist()), greedy)
+            assert 0 < error < 0.1 * reference.abs().max()
+    # bfloat16 rounds each position alone: speculative decoding still gives greedy's tokens.
+    # (int8 scales the activations of a whole pass at once, so no decoding there is exact.)
+    model = with_precision(lively(LlamaModel, LLAMA_CFG), "bfloat16")
+    greedy = generate(model, ids, 12, 64)
+    assert torch.equal(generate_speculative(model, ids, 12, 64, greedy[:, 20:].tolist()), greedy)
     quantized = with_precision(lively(GPTModel, GPT_CFG), "int8")
     assert not any(type(m) is torch.nn.Linear for m in quantized.modules())
     with pytest.raises(ValueError, match="unknown precision"):

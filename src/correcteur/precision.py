@@ -3,6 +3,9 @@
 Measured on the CPU corrector (benchmarks/RESULTS.md, "CPU precision"): both are faster than
 float32, but dynamic int8 (activations quantized per tensor, as `torch.ao` does) loses SmolLM2
 to its activation outliers, and bfloat16 changes some answers; float32 stays the default.
+Dynamic int8 also scales the activations of a whole forward pass at once, so a token's logits
+depend on what else the pass holds: neither batches nor speculative decoding are then exactly
+what one-token-at-a-time greedy decoding gives.
 """
 
 from __future__ import annotations
