@@ -147,7 +147,8 @@ def generate_speculative(model, idx: torch.Tensor, max_new_tokens: int, context_
                          stats: DecodingStats | None = None) -> torch.Tensor:
     """Greedy `generate` (same arguments, same result, token for token) in fewer passes: each
     pass scores the token last chosen and a draft of up to `n_draft` tokens of the row's
-    `sources` entry (the text its answer should mostly copy, as token ids; see `draft_from`).
+    `sources` entry (the text its answer should mostly copy, as token ids; see `draft_from`),
+    shorter after a rejection.
 
     Rows advance at their own pace: the positions a row rejected, or that another row used,
     are kept as masked holes (left padding in the middle, which position ids skip) and
@@ -166,6 +167,8 @@ def generate_speculative(model, idx: torch.Tensor, max_new_tokens: int, context_
     batch = idx.shape[0]
     outputs: list[list[int]] = [[] for _ in range(batch)]
     cursors, passes, made = [0] * batch, [0] * batch, [0] * batch
+    reach = [n_draft] * batch  # each row's draft length: back to what it last accepted + 1 after a
+    # rejection (a model that copies nothing then pays for one draft token a pass), doubled after a success
     # `seq`/`seq_mask`: every position fed so far (the cache holds exactly these); `pending`: each
     # row's last token, not yet fed. `active[i]` is the row of the prompt behind tensor row i.
     seq, seq_mask, pending = idx[:, :-1], mask[:, :-1], idx[:, -1:]
@@ -175,7 +178,7 @@ def generate_speculative(model, idx: torch.Tensor, max_new_tokens: int, context_
     while active:
         drafts = []
         for r in active:
-            room = min(n_draft, max_new_tokens - len(outputs[r]) - 1)  # the model adds a token too
+            room = min(reach[r], max_new_tokens - len(outputs[r]) - 1)  # the model adds a token too
             draft, cursors[r] = draft_from(sources[r], outputs[r], cursors[r], room, ngram)
             drafts.append(draft)
         if seq.shape[1] + 1 + max(map(len, drafts)) > context_size:  # holes: squeeze them out
@@ -209,6 +212,7 @@ def generate_speculative(model, idx: torch.Tensor, max_new_tokens: int, context_
             stop = next((j for j, token in enumerate(new) if token in stops), None)
             passes[r] += 1
             cursors[r] += len(new)
+            reach[r] = min(n_draft, 2 * reach[r]) if a == len(drafts[i]) else a + 1
             made[r] += len(new) if stop is None else stop + 1
             outputs[r] += new if stop is None else new[:stop]
             if stop is None and len(outputs[r]) < max_new_tokens:
