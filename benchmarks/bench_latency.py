@@ -172,9 +172,13 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32, help="sentences generated together there")
     parser.add_argument("--hf-prompts", type=int, default=4, help="prompts for the transformers table")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per row (after a warm-up)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads (default: torch's); on cores other work shares, 1 waits least")
     parser.add_argument("--seed", type=int, default=123)
     args = parser.parse_args()
     torch.manual_seed(args.seed)
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     tokenizer = get_tokenizer("gpt2")
     model = GPTModel(gpt2_config(args.model))
