@@ -1,12 +1,19 @@
-"""How long one 20-word sentence takes to correct, end to end through `Corrector`.
+"""How long correcting takes, greedy decoding with the KV cache against speculative decoding.
 
-A randomly initialised model of gpt2-small's size never writes end-of-text, so it always
-generates its whole budget (1.5 × input tokens + 8): an upper bound for a trained model of
-that size, which stops after about as many tokens as the input. `--checkpoint` adds the row of
-a trained run (it stops when it is done). Writes the "## Correction latency" section of
-benchmarks/RESULTS.md.
+Three tables, each pair of rows in one run with the same outputs asserted:
+1. one 20-word sentence, batch of one, end to end through `Corrector` (guard off): a random
+   gpt2-small (it never writes end-of-text, so it generates its whole budget, and copies nothing,
+   so drafts are rejected: the cost of drafting) and, with `--checkpoint`, a trained run;
+2. with `--checkpoint`, throughput over the first `--sentences` entries of the run's test split,
+   as `respond` answers them (batches of `--batch-size`), with the tokens accepted per forward
+   pass overall and per error type;
+3. the same gpt2-small weights in `transformers`' GPT2LMHeadModel, `generate(prompt_lookup_num_tokens=10)`
+   against our `generate_speculative` and `generate`, on the prompts of the sentence and of
+   a few test entries.
+Writes the "## Correction latency" section of benchmarks/RESULTS.md.
 
-    python benchmarks/bench_latency.py [--model gpt2-small] [--checkpoint checkpoints/RUN] [--repeats 3]
+    python benchmarks/bench_latency.py [--checkpoint checkpoints/RUN] [--test data/test.json]
+        [--sentences 400] [--repeats 3]
 """
 
 from __future__ import annotations
@@ -15,87 +22,197 @@ import argparse
 import os
 import platform
 import statistics
-import sys
+import tempfile
 import time
+from collections import defaultdict
+from pathlib import Path
 
 import torch
-from results import write_section
+from results import command_line, write_section
 
 from correcteur.correct import Corrector
+from correcteur.files import load_entries
+from correcteur.generate import DecodingStats, generate, generate_speculative
 from correcteur.model import GPTModel, gpt2_config
 from correcteur.prompt import correction_prompt
 from correcteur.tokenizer import get_tokenizer
+from correcteur.weights import gpt2_from_directory
 
 SENTENCE = ("Hier soir, les enfant de mes voisins sont aller jouer au parc malgré la pluie "
             "qui tombé depuis le matin.")
 
 
-def measure(corrector: Corrector, label: str, repeats: int) -> dict:
-    """Wall-clock seconds of `correct(SENTENCE)` after one warm-up, and the generation steps
-    (forward calls) each run took."""
-    calls = []
-    hook = corrector.model.register_forward_hook(lambda *_: calls.append(1))
-    corrector.correct(SENTENCE)
-    times, steps = [], []
+def timed(call, repeats: int) -> tuple[object, list[float]]:
+    """The result of `call()` and the seconds of `repeats` runs after a warm-up."""
+    result = call()
+    times = []
     for _ in range(repeats):
-        calls.clear()
         start = time.perf_counter()
-        corrector.correct(SENTENCE)
+        call()
         times.append(time.perf_counter() - start)
-        steps.append(len(calls))
-    hook.remove()
+    return result, times
+
+
+def counting(model) -> list:
+    calls: list = []
+    model.register_forward_hook(lambda *_: calls.append(1))
+    return calls
+
+
+def sentence_rows(corrector: Corrector, label: str, repeats: int) -> list[dict]:
+    """Greedy then speculative on SENTENCE, batch of one; the answers must be the same."""
+    calls = counting(corrector.model)
+    rows, answers = [], []
     prompt = correction_prompt(SENTENCE, corrector.prompt_style, corrector.input_prefix)
-    return {"label": label, "prompt_style": corrector.prompt_style,
-            "cache": "on" if corrector.use_cache else "off", "prompt_tokens": len(corrector.tokenizer.encode(prompt)),
-            "steps": max(steps), "median": statistics.median(times), "best": min(times)}
+    for decoding in ("greedy", "speculative"):
+        corrector.decoding, corrector.stats = decoding, DecodingStats()
+        answer, times = timed(lambda: corrector.correct(SENTENCE), repeats)
+        answers.append(answer)
+        passes = len(calls) // (repeats + 1)
+        calls.clear()
+        rows.append({"label": label, "prompt_style": corrector.prompt_style, "decoding": decoding,
+                     "prompt_tokens": len(corrector.tokenizer.encode(prompt)), "passes": passes,
+                     "tokens_per_pass": corrector.stats.tokens_per_pass() if decoding == "speculative" else 1.0,
+                     "median": statistics.median(times), "best": min(times)})
+        print(sentence_table(rows[-1:]).splitlines()[-1], flush=True)
+    assert answers[0] == answers[1], f"speculative decoding changed the answer: {answers}"
+    return rows
 
 
-def table(rows: list[dict]) -> str:
-    lines = ["| model | prompt | KV cache | prompt tokens | steps | median s | best s | ms/step |",
+def sentence_table(rows: list[dict]) -> str:
+    lines = ["| model | prompt | decoding | prompt tokens | forward passes | tokens/pass | median s | best s |",
              "|---|---|---|---:|---:|---:|---:|---:|"]
     for r in rows:
-        lines.append(f"| {r['label']} | {r['prompt_style']} | {r['cache']} | {r['prompt_tokens']} | "
-                     f"{r['steps']} | {r['median']:.2f} | {r['best']:.2f} | {1000 * r['best'] / r['steps']:.0f} |")
+        lines.append(f"| {r['label']} | {r['prompt_style']} | {r['decoding']} | {r['prompt_tokens']} | "
+                     f"{r['passes']} | {r['tokens_per_pass']:.2f} | {r['median']:.2f} | {r['best']:.2f} |")
     return "\n".join(lines)
+
+
+def throughput(corrector: Corrector, entries: list[dict], batch_size: int) -> tuple[str, list[str]]:
+    """Greedy and speculative answers of every entry (one pass each, no warm-up: minutes),
+    their speeds, and the tokens accepted per pass by error type."""
+    texts = [e["input"] for e in entries]
+    corrector.batch_size = batch_size
+    lines = ["| decoding | sentences | batch | seconds | sentences/s | tokens/pass |", "|---|---:|---:|---:|---:|---:|"]
+    answers, seconds = {}, {}
+    for decoding in ("greedy", "speculative"):
+        corrector.decoding, corrector.stats = decoding, DecodingStats()
+        start = time.perf_counter()
+        answers[decoding] = corrector.correct_batch(texts)
+        seconds[decoding] = time.perf_counter() - start
+        per_pass = corrector.stats.tokens_per_pass() if decoding == "speculative" else 1.0
+        lines.append(f"| {decoding} | {len(texts)} | {batch_size} | {seconds[decoding]:.1f} | "
+                     f"{len(texts) / seconds[decoding]:.2f} | {per_pass:.2f} |")
+        print(lines[-1], flush=True)
+    same = sum(a == b for a, b in zip(answers["greedy"], answers["speculative"], strict=True))
+    assert same == len(texts), f"speculative decoding changed {len(texts) - same} answers"
+    stats = corrector.stats
+    assert len(stats.tokens) == len(texts), "one generated row per entry (no blank or cut entry)"
+    by_type: dict[str, list[int]] = defaultdict(list)
+    for row, entry in enumerate(entries):  # rows come back in the entries' order
+        for kind in sorted(set(entry.get("error_types") or ["none (clean)"])):
+            by_type[kind].append(row)
+    type_lines = ["| error type | entries | tokens/pass |", "|---|---:|---:|"]
+    for kind, rows in sorted(by_type.items()):
+        tokens, passes = sum(stats.tokens[r] for r in rows), sum(stats.passes[r] for r in rows)
+        type_lines.append(f"| {kind} | {len(rows)} | {tokens / passes:.2f} |")
+    speedup = seconds["greedy"] / seconds["speculative"]
+    body = "\n".join(lines) + f"\n\nSpeculative / greedy: **{speedup:.2f}×** sentences/s, the {same} answers identical." \
+        + "\n\n" + "\n".join(type_lines)
+    return body, answers["speculative"]
+
+
+def against_transformers(prompts: list[list[int]], new_tokens: int, repeats: int, seed: int) -> str:
+    """A random gpt2-small in transformers, the same weights in ours (through weights.py's hub
+    mapping); each prompt alone, greedy, `new_tokens` tokens (no end-of-text)."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(seed)
+    hf = GPT2LMHeadModel(GPT2Config(n_layer=12, n_embd=768, n_head=12, n_positions=1024)).eval()
+    with tempfile.TemporaryDirectory() as folder:
+        hf.save_pretrained(folder)
+        ours = gpt2_from_directory(Path(folder)).eval()
+    hf.generation_config.pad_token_id = 50256
+    runs = {
+        "transformers generate(prompt_lookup_num_tokens=10)": lambda p: hf.generate(
+            p, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
+            prompt_lookup_num_tokens=10, attention_mask=torch.ones_like(p))[0, p.shape[1]:].tolist(),
+        "transformers generate (greedy)": lambda p: hf.generate(
+            p, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
+            attention_mask=torch.ones_like(p))[0, p.shape[1]:].tolist(),
+        "ours generate_speculative": lambda p: generate_speculative(
+            ours, p, new_tokens, 1024, sources=[p[0].tolist()])[0, p.shape[1]:].tolist(),
+        "ours generate (greedy, KV cache)": lambda p: generate(ours, p, new_tokens, 1024)[0, p.shape[1]:].tolist(),
+    }
+    lines = ["| decoding | prompts | new tokens | seconds (best) | tokens/s |", "|---|---:|---:|---:|---:|"]
+    outputs, speed = {}, {}
+    with torch.no_grad():
+        for name, run in runs.items():
+            def every(run=run):
+                return [run(torch.tensor([p])) for p in prompts]
+            outputs[name], times = timed(every, repeats)
+            speed[name] = len(prompts) * new_tokens / min(times)
+            lines.append(f"| {name} | {len(prompts)} | {new_tokens} | {min(times):.2f} | {speed[name]:.1f} |")
+            print(lines[-1], flush=True)
+    reference = outputs["ours generate (greedy, KV cache)"]
+    differing = {name: sum(a != b for a, b in zip(out, reference, strict=True)) for name, out in outputs.items()}
+    names = list(runs)
+    return "\n".join(lines) + (
+        f"\n\nOurs speculative / transformers prompt lookup: **{speed[names[2]] / speed[names[0]]:.2f}×** tokens/s. "
+        f"Prompts whose tokens differ from ours greedy: {differing}.")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="gpt2-small", help="GPT-2 size of the random model")
     parser.add_argument("--checkpoint", help="also time a trained run (folder or best.pt), guard off")
+    parser.add_argument("--test", help="test split: the throughput table (with --checkpoint) and prompts for "
+                        "the transformers table")
+    parser.add_argument("--sentences", type=int, default=400, help="test entries for the throughput table")
+    parser.add_argument("--batch-size", type=int, default=32, help="sentences generated together there")
+    parser.add_argument("--hf-prompts", type=int, default=4, help="prompts for the transformers table")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per row (after a warm-up)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads (default: torch's); on cores other work shares, 1 waits least")
     parser.add_argument("--seed", type=int, default=123)
     args = parser.parse_args()
     torch.manual_seed(args.seed)
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     tokenizer = get_tokenizer("gpt2")
     model = GPTModel(gpt2_config(args.model))
-    label = f"random {args.model}"
-    print(f"{SENTENCE!r}: {len(SENTENCE.split())} words, {len(tokenizer.encode(SENTENCE))} GPT-2 tokens",
-          flush=True)
-    rows = []
-    for style, use_cache, repeats in [("alpaca", True, args.repeats), ("short", True, args.repeats),
-                                      ("alpaca", False, 1)]:
-        corrector = Corrector(model, tokenizer, prompt_style=style, device="cpu", name=label,
-                              use_cache=use_cache)
-        rows.append(measure(corrector, label, repeats))
-        print(table(rows[-1:]).splitlines()[-1], flush=True)
+    print(f"{SENTENCE!r}: {len(SENTENCE.split())} words, {len(tokenizer.encode(SENTENCE))} GPT-2 tokens", flush=True)
+    rows = sentence_rows(Corrector(model, tokenizer, prompt_style="alpaca", device="cpu",
+                                   name=f"random {args.model}"), f"random {args.model}", args.repeats)
+    sections = []
     if args.checkpoint:
         corrector = Corrector.from_checkpoint(args.checkpoint, device="cpu", guard=False)
-        rows.append(measure(corrector, corrector.name, args.repeats))
-        print(table(rows[-1:]).splitlines()[-1], flush=True)
+        rows += sentence_rows(corrector, corrector.name, args.repeats)
+        if args.test:
+            entries = load_entries(args.test)[:args.sentences]
+            body, _ = throughput(corrector, entries, args.batch_size)
+            sections.append(f"Throughput on the first {len(entries)} entries of `{args.test}`, as `respond` "
+                            f"answers them ({corrector.name}, guard off):\n\n{body}")
+    prompts = [tokenizer.encode(correction_prompt(text, "alpaca"))
+               for text in [SENTENCE, *(e["input"] for e in (load_entries(args.test)[:args.hf_prompts - 1]
+                                                             if args.test else []))]]
+    hf_table = against_transformers(prompts, 48, max(1, args.repeats - 1), args.seed)
 
     body = "\n\n".join([
-        f"On {platform.machine()}, {os.cpu_count()} CPU cores, {torch.get_num_threads()} torch threads; "
-        f"torch {torch.__version__}, Python {platform.python_version()}.",
-        f"Sentence ({len(SENTENCE.split())} words, {len(tokenizer.encode(SENTENCE))} GPT-2 tokens): "
-        f"“{SENTENCE}”",
-        table(rows),
-        "`steps` counts forward calls: one per new token (plus the one that produces end-of-text). "
-        "A random model never stops, so its rows are the worst case: its whole budget of "
-        "1.5 × input tokens + 8. Greedy decoding, batch of one sentence, float32, guard off.",
+        f"On {platform.machine()}, {os.cpu_count()} CPU cores shared with other work of the session, "
+        f"{torch.get_num_threads()} torch threads; torch {torch.__version__}, Python {platform.python_version()}.",
+        f"Sentence ({len(SENTENCE.split())} words, {len(tokenizer.encode(SENTENCE))} GPT-2 tokens): “{SENTENCE}”",
+        sentence_table(rows),
+        "Batch of one sentence, float32, guard off, through `Corrector.correct`; each pair of rows "
+        "gave the same answer. `tokens/pass` counts the new tokens (end-of-text included) per "
+        "forward pass: 1 for greedy decoding, 1 + the draft tokens accepted for speculative "
+        "decoding. A random model copies nothing: its drafts are rejected and it pays for them.",
+        *sections,
+        "Against `transformers` (a random gpt2-small, the same weights in ours; each prompt alone, "
+        "48 new tokens, no end-of-text; alpaca prompts):\n\n" + hf_table,
     ])
-    write_section("Correction latency", body, "python " + " ".join(["benchmarks/bench_latency.py", *sys.argv[1:]]))
+    write_section("Correction latency", body, command_line("bench_latency.py", parser, args))
 
 
 if __name__ == "__main__":

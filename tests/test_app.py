@@ -74,10 +74,15 @@ class FakeCorrector:
         self.calls = 0
         self.threads: list[str] = []
 
-    def correct(self, text: str) -> str:
+    def correct(self, text: str, on_progress=None) -> str:
+        """`delay` seconds per sentence, each one announced to `on_progress` as `Corrector` does."""
         self.calls += 1
         self.threads.append(threading.current_thread().name)
-        time.sleep(self.delay)
+        sentences = text.count(". ") + 1
+        for done in range(1, sentences + 1):
+            time.sleep(self.delay)
+            if on_progress is not None:
+                on_progress(done, sentences)
         if self.error is not None:
             raise self.error
         for wrong, right in self.fixes.items():
@@ -176,6 +181,19 @@ def test_window_answers_while_a_slow_model_runs(root):
     assert len(ticks) >= 20  # the event loop kept running through the 1 s correction
     assert max(b - a for a, b in itertools.pairwise(ticks)) < 0.5
     assert str(app.correct_button.cget("state")) == "normal"
+
+
+def test_a_long_text_shows_its_progress_sentence_by_sentence(root):
+    app = CorrectorApp(root, FakeCorrector(FIXES, delay=0.3))
+    app.input.insert("1.0", "Les enfant jouent. Il fait beau. On va aller a la plage.")
+    seen = []
+    app.correct_button.invoke()
+    pump(root, lambda: seen.append(app.status.get()) or app.corrected)
+    progress = [s for s in dict.fromkeys(seen) if "phrases" in s]
+    assert progress == [f"Correction en cours… {n}/3 phrases" for n in (1, 2, 3)][:len(progress)]
+    assert len(progress) >= 2
+    assert app.corrected == "Les enfants jouent. Il fait beau. On va allés à la plage."
+    assert app.status.get().startswith("Corrigé en")
 
 
 @pytest.mark.parametrize("error, message", [

@@ -13,7 +13,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "correcteur"
 # Bottom to top. A module may import modules of its own layer or of the layers below it.
 LAYERS = [
     ("text", {"errors", "files", "prompt", "textdiff", "edits", "mask", "textfiles"}),
-    ("models", {"model", "llama", "lora", "generate", "scoring"}),
+    ("models", {"model", "llama", "lora", "generate", "precision", "scoring"}),
     ("loading", {"fetch", "tokenizer", "weights"}),
     ("data", {"augment", "data"}),
     ("training", {"batches", "checkpoint", "train"}),

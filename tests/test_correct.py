@@ -243,8 +243,8 @@ def fake_checkpoint(monkeypatch):
     corrector = scripted({"Il a manger.": "Il a mangé.", "On va a Paris.": "On va à Paris."})
     seen = {}
 
-    def from_checkpoint(cls, path, device=None, guard=True, chooser=True):
-        seen.update(path=path, guard=guard)
+    def from_checkpoint(cls, path, device=None, guard=True, **options):
+        seen.update(path=path, guard=guard, **options)
         return corrector
 
     monkeypatch.setattr(Corrector, "from_checkpoint", classmethod(from_checkpoint))
@@ -259,13 +259,15 @@ def test_cli_corrects_stdin_line_by_line(monkeypatch, capsys, fake_checkpoint):
     set_stdin(monkeypatch, b"On va a Paris.\n\nIl a manger.\n")
     assert main(["correct", "--checkpoint", "run", "--no-guard"]) == 0
     assert capsys.readouterr().out == "On va à Paris.\n\nIl a mangé.\n"
-    assert fake_checkpoint == {"path": "run", "guard": False}
+    assert fake_checkpoint == {"path": "run", "guard": False, "decoding": "speculative", "precision": "float32"}
 
 
 def test_cli_diff_of_an_argument(capsys, fake_checkpoint):
     assert main(["correct", "--checkpoint", "run", "--diff", "Il a manger."]) == 0
     assert capsys.readouterr().out == "Il a [-manger.-]{+mangé.+}\n"
     assert fake_checkpoint["guard"] is True
+    assert main(["correct", "--checkpoint", "run", "--decoding", "greedy", "--precision", "bfloat16", "Il a manger."]) == 0
+    assert (fake_checkpoint["decoding"], fake_checkpoint["precision"]) == ("greedy", "bfloat16")
 
 
 @pytest.mark.parametrize("argv, stdin, message", [

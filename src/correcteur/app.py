@@ -31,8 +31,9 @@ def readable_error(error: BaseException) -> str:
 
 
 class CorrectorApp:
-    """The window. `corrector` is anything with `.correct(text)` and `.description`;
-    it may be None until `load` hands one over."""
+    """The window. `corrector` is anything with `.correct(text, on_progress=None)` and
+    `.description`; it may be None until `load` hands one over. `on_progress(done, total)`,
+    called from the worker, shows how many sentences of a long text are done."""
 
     def __init__(self, root: tk.Tk, corrector=None):
         self.root = root
@@ -137,8 +138,11 @@ class CorrectorApp:
             return
         start = time.perf_counter()
 
+        def report(done: int, total: int) -> None:  # in the worker: through the queue, like results
+            self.results.put((self._show_progress, (done, total)))
+
         def job() -> tuple[str, str, float]:
-            return text, self.corrector.correct(text), time.perf_counter() - start
+            return text, self.corrector.correct(text, on_progress=report), time.perf_counter() - start
 
         self._run_in_background(job, self._show_result, "Correction en cours…")
 
@@ -157,12 +161,21 @@ class CorrectorApp:
         self.root.after(POLL_MS, self._poll)
 
     def _poll(self) -> None:
-        try:
-            handler, value = self.results.get_nowait()
-        except queue.Empty:
-            self.root.after(POLL_MS, self._poll)
-            return
-        handler(value)
+        """Hand the worker's messages to the Tk thread: progress, then one result or error."""
+        while True:
+            try:
+                handler, value = self.results.get_nowait()
+            except queue.Empty:
+                self.root.after(POLL_MS, self._poll)
+                return
+            handler(value)
+            if handler != self._show_progress:
+                return
+
+    def _show_progress(self, progress: tuple[int, int]) -> None:
+        done, total = progress
+        if total > 1:
+            self.status.set(f"Correction en cours… {done}/{total} phrases")
 
     def _show_result(self, result: tuple[str, str, float]) -> None:
         source, corrected, seconds = result

@@ -189,6 +189,14 @@ def run_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_decoding(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--decoding", choices=("speculative", "greedy"), default="speculative",
+                        help="speculative (default): greedy's answers in fewer passes, drafted from the text")
+    parser.add_argument("--precision", choices=("float32", "bfloat16", "int8"), default="float32",
+                        help="the model's arithmetic; bfloat16 and int8 are faster on a CPU, and change "
+                             "answers (benchmarks/RESULTS.md)")
+
+
 # ----------------------------------------------------------------------------- guard
 
 
@@ -248,6 +256,7 @@ def add_respond(parser: argparse.ArgumentParser,
     parser.add_argument("--limit", type=int, default=None, help="answer only the first N entries")
     parser.add_argument("--no-guard", action="store_true", help="keep the model's answers as they are")
     parser.add_argument("--device", default=None, help="cpu, cuda, mps (default: best available)")
+    add_decoding(parser)
 
 
 def run_respond(args: argparse.Namespace) -> int:
@@ -256,7 +265,8 @@ def run_respond(args: argparse.Namespace) -> int:
     from correcteur.respond import respond, usable_entries
 
     corrector = Corrector.from_checkpoint(args.checkpoint, device=args.device, guard=not args.no_guard,
-                                          batch_size=args.batch_size)
+                                          batch_size=args.batch_size, decoding=args.decoding,
+                                          precision=args.precision)
     entries = usable_entries(load_entries(args.test)[: args.limit], args.test)
     respond(corrector, entries, args.out, args.batch_size)
     print(f"{len(entries)} responses in {args.out}")
@@ -367,7 +377,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
                         batch_size=args.batch_size, guard=not args.no_guard,
                         base_model=not args.no_base_model, grammalecte=not args.no_grammalecte,
                         judge=args.judge, judge_model=args.judge_model, judge_url=args.judge_url,
-                        device=args.device)
+                        device=args.device, decoding=args.decoding, precision=args.precision)
     report = evaluate(config)
     print(report["table"])
     print(f"report: {Path(config.out) / 'report.md'}")
@@ -399,6 +409,7 @@ def add_correct(parser: argparse.ArgumentParser) -> None:
                         help="print the model's answers as they are, without the guard's checks")
     parser.add_argument("--device", default=None,
                         help="torch device (cpu, cuda, cuda:1 ...); unset: cuda when available")
+    add_decoding(parser)
 
 
 def add_dictionary(parser: argparse.ArgumentParser) -> None:
@@ -420,6 +431,8 @@ def load_corrector(args: argparse.Namespace):
 
     words = load_dictionary(args.dictionary) if args.dictionary else frozenset()
     corrector = Corrector.from_checkpoint(args.checkpoint, device=args.device, guard=not args.no_guard,
+                                          decoding=getattr(args, "decoding", "speculative"),
+                                          precision=getattr(args, "precision", "float32"),
                                           chooser=not args.generative)
     corrector.dictionary = words
     return corrector
@@ -480,6 +493,7 @@ def add_app(parser: argparse.ArgumentParser) -> None:
                         help="show the model's answers as they are, without the guard's checks")
     add_dictionary(parser)
     add_generative(parser)
+    add_decoding(parser)
 
 
 def run_app(args: argparse.Namespace) -> int:

@@ -46,6 +46,8 @@ class EvalConfig:
     judge_model: str = "llama3"
     judge_url: str = "http://localhost:11434"
     device: str | None = None
+    decoding: str = "speculative"  # or greedy: the same answers, more forward passes
+    precision: str = "float32"
 
 
 def grammalecte_responses(entries: list[dict], grammar_only: bool = False) -> list[dict]:
@@ -59,7 +61,8 @@ def evaluate(config: EvalConfig) -> dict:
     if not entries:
         raise UserError(f"{config.test} holds no entries")
     corrector = Corrector.from_checkpoint(config.checkpoint, device=config.device, guard=config.guard,
-                                          batch_size=config.batch_size, chooser=config.chooser)
+                                          batch_size=config.batch_size, decoding=config.decoding,
+                                          precision=config.precision, chooser=config.chooser)
     out = Path(config.out)  # made only once the test file and the checkpoint are known to be usable
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file; give a folder for the report")
@@ -106,7 +109,7 @@ def base_model_responses(meta: dict, entries: list[dict], out: Path, config: Eva
     model, tokenizer, _ = load_base_model(find_base(meta.get("base") or {"name": meta["model_name"]}))
     corrector = Corrector(model, tokenizer, prompt_style=meta.get("prompt_style", "alpaca"),
                           device=config.device, name=f"{meta['model_name']} (base)", batch_size=config.batch_size,
-                          input_prefix=meta.get("input_prefix", ""))
+                          input_prefix=meta.get("input_prefix", ""), decoding=config.decoding)
     return respond(corrector, entries, out / "responses_base_model.json", config.batch_size)
 
 

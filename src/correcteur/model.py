@@ -79,6 +79,24 @@ class KVCache:
         self.layers[layer] = (k, v)
         return k, v
 
+    def truncate(self, length: int) -> None:
+        """Forget every position from `length` on: the draft tokens a speculative pass rejected."""
+        self.layers = [None if kv is None else (kv[0][:, :, :length], kv[1][:, :, :length])
+                       for kv in self.layers]
+
+    def select(self, rows: torch.Tensor | None = None, positions: torch.Tensor | None = None) -> None:
+        """Keep the batch rows `rows` (rows finished early leave the batch), then in each row the
+        positions `positions` (rows, t), in that order (rejected positions squeezed out)."""
+        def take(x: torch.Tensor) -> torch.Tensor:
+            if rows is not None:
+                x = x[rows]
+            if positions is not None:
+                index = positions[:, None, :, None].expand(-1, x.shape[1], -1, x.shape[3])
+                x = x.gather(2, index)
+            return x
+
+        self.layers = [None if kv is None else (take(kv[0]), take(kv[1])) for kv in self.layers]
+
 
 def attention_mask_for(attention_mask: torch.Tensor, q_len: int) -> torch.Tensor:
     """Boolean (batch, 1, q_len, k_len) mask: causal, and blind to padded keys.
