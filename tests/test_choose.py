@@ -326,3 +326,23 @@ def test_evaluate_reads_a_tsv(tmp_path):
     as_json = tmp_path / "pairs.json"
     as_json.write_text(json.dumps([{"input": a, "output": b} for a, b in rows]), encoding="utf-8")
     assert load_entries(tsv) == json.loads(as_json.read_text(encoding="utf-8"))
+
+
+# --- the corrector with a chooser ---------------------------------------------------------
+
+def test_the_corrector_uses_its_chooser_and_generates_only_when_the_model_proposes():
+    from tests.test_correct import scripted
+
+    text = "Il a manger a Paris. Tout va bien."
+    corrector = scripted({"Il a manger a Paris.": "Il a mangé à Paris.", "Tout va bien.": "Tout va mal."})
+    corrector.chooser = Chooser(TableScorer({"Il a mangé a Paris.": 4.0, "Tout va mal.": 0.5}),
+                                ChooserConfig(margins={"model": 1.0}))
+    assert corrector.correct(text) == "Il a mangé a Paris. Tout va bien."  # "à" and "mal" win too little
+    assert corrector.model.batches  # the model answered: its edits are candidates
+    [edit] = corrector.suggest(text)
+    assert (edit.offset, edit.length, edit.replacement, edit.source, edit.confidence) == (5, 6, "mangé", "modèle", 4.0)
+
+    silent = scripted({})
+    silent.chooser = Chooser(TableScorer({"Il a mangé a Paris.": 4.0}), ChooserConfig(margins={"variant": 1.0}))
+    silent.correct("Il a manger a Paris.")
+    assert silent.model.batches == []  # no source asks the model: nothing is generated
