@@ -16,7 +16,7 @@ LAYERS = [
     ("models", {"model", "llama", "lora", "generate"}),
     ("loading", {"fetch", "tokenizer", "weights"}),
     ("data", {"augment", "data"}),
-    ("training", {"batches", "checkpoint", "train"}),
+    ("training", {"batches", "checkpoint", "distributed", "train"}),
     ("correction", {"guard", "correct"}),
     ("evaluation", {"baselines", "metrics", "judge", "respond", "guard_tuning", "evaluate"}),
     ("use", {"app", "export", "pipeline", "serve", "documents", "cli", "__main__", "__init__"}),
