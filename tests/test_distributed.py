@@ -7,13 +7,13 @@ a timeout (the process group's too, `CORRECTEUR_DIST_TIMEOUT`): a failing test n
 
 from __future__ import annotations
 
+import argparse
 import json
 import multiprocessing
 import os
 import shutil
 import signal
 import socket
-import subprocess
 import sys
 from pathlib import Path
 
@@ -22,6 +22,7 @@ import torch
 from test_train import PAIRS, CharTokenizer, single_thread, tiny_config, tiny_model, write_data  # noqa: F401
 
 from correcteur import checkpoint as ckpt
+from correcteur import pipeline
 from correcteur.distributed import Ranks, peer_failure
 from correcteur.errors import UserError
 from correcteur.model import GPTModel
@@ -220,18 +221,45 @@ def test_shards_cover_each_global_batch_once():
 # ----------------------------------------------------------------------------- torchrun itself
 
 
+def test_the_gpu_profile_trains_on_every_visible_gpu(tmp_path, monkeypatch):
+    import torch
+
+    from correcteur.cli import add_train
+    from correcteur.train import TrainConfig
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    assert pipeline.training_processes(pipeline.get_profile("gpu")) == 4
+    assert pipeline.training_processes(pipeline.get_profile("cpu")) == 1
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert pipeline.training_processes(pipeline.get_profile("gpu")) == 1  # one GPU: in the notebook's process
+
+    config = TrainConfig(model="gpt2-medium", out_dir=str(tmp_path), lora_rank=4, mask_instruction=False,
+                         max_minutes=2.5, **pipeline.get_profile("gpu").train)
+    command = pipeline.torchrun_command(config, 4, resume=True)
+    assert command[1:6] == ["-m", "torch.distributed.run", "--nproc_per_node=4", "-m", "correcteur"]
+    assert command[6] == "train" and command[-1] == "--resume"
+    parser = argparse.ArgumentParser()
+    add_train(parser)
+    assert TrainConfig(**{k: v for k, v in vars(parser.parse_args(command[7:])).items() if k != "resume"}) == config
+
+
 @pytest.mark.slow
-def test_torchrun_trains_from_the_command_line(tmp_path, data):
-    """The command of the README, on 2 CPU processes: torchrun's variables, gloo, rank 0's files."""
-    runs = tmp_path / "runs"
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port",
-               str(_free_port()), "-m", "correcteur", "train", "--model", "gpt2-tiny", "--allow-scratch",
-               "--device", "cpu", "--data", str(data), "--out", str(runs), "--prompt-style", "short",
-               "--batch-size", "2", "--max-steps", "2", "--eval-freq", "2", "--eval-iter", "1"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "CORRECTEUR_DIST_TIMEOUT": "30",
-           "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1] / "src"), os.environ.get("PYTHONPATH", "")])}
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=180)
-    assert done.returncode == 0, done.stderr[-3000:]
-    summary = json.loads((runs / "gpt2-tiny" / "summary.json").read_text())
-    assert (summary["steps"], summary["ranks"]) == (2, 2)
-    assert done.stdout.count("budget after 2 steps") == 1  # rank 0 alone reports
+def test_torchrun_trains_from_the_command_line(tmp_path, data, monkeypatch, capsys):
+    """The README's command on 2 CPU processes, as the gpu profile starts it: torchrun's
+    variables, gloo, rank 0's files read back."""
+    from correcteur.train import TrainConfig
+
+    src = str(Path(__file__).parents[1] / "src")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([src, os.environ.get("PYTHONPATH", "")]))
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.setenv("CORRECTEUR_DIST_TIMEOUT", "30")
+    monkeypatch.setattr(pipeline, "training_processes", lambda profile: 2)
+    config = TrainConfig(model="gpt2-tiny", allow_scratch=True, device="cpu", data_dir=str(data),
+                         out_dir=str(tmp_path / "runs"), prompt_style="short", batch_size=2, max_steps=2,
+                         eval_freq=2, eval_iter=1)
+    result = pipeline.train_profile(pipeline.get_profile("gpu"), config, None, None, {}, resume=False)
+    assert (result.summary["steps"], result.summary["ranks"]) == (2, 2)
+    assert [r["step"] for r in result.history] == [2]
+    assert result.model.cfg["n_layers"] == 2 and not result.model.training  # best.pt, ready to correct
+    assert capsys.readouterr().out.count("budget after 2 steps") == 1  # rank 0 alone reports
