@@ -32,6 +32,9 @@ from pathlib import Path
 
 from correcteur.files import CHECKPOINTS_DIR, PROJECT_ROOT, write_json
 
+# The profile's settings, for the notebooks of a run whose profile differs from the named one
+# (benchmarks/gpu_check.py runs the gpu profile shortened).
+PROFILE_JSON = "CORRECTEUR_PROFILE_JSON"
 NOTEBOOKS = ["01_setup", "02_dataset", "03_finetune", "04_evaluate", "05_demo"]
 
 
@@ -125,7 +128,8 @@ def notebook_run(profile: str | None = None, run_dir: str | Path | None = None) 
     profile = os.environ.get("CORRECTEUR_PROFILE") or profile or "auto"
     run_dir = Path(os.environ.get("CORRECTEUR_RUN_DIR") or run_dir or PROJECT_ROOT / "runs" / "notebooks")
     run_dir.mkdir(parents=True, exist_ok=True)
-    return get_profile(profile), RunPaths(run_dir)
+    given = os.environ.get(PROFILE_JSON)  # the whole profile, when the main job runs a modified one
+    return (Profile(**json.loads(given)) if given else get_profile(profile)), RunPaths(run_dir)
 
 
 def training_processes(profile: Profile) -> int:
@@ -216,6 +220,7 @@ def run_notebooks(profile: Profile, run_dir: Path, timeout: int = 7200) -> list[
     from nbclient import NotebookClient
 
     os.environ.update(CORRECTEUR_PROFILE=profile.name, CORRECTEUR_RUN_DIR=str(run_dir.resolve()),
+                      **{PROFILE_JSON: json.dumps(dataclasses.asdict(profile))},
                       CORRECTEUR_HEADLESS="1", MPLBACKEND="module://matplotlib_inline.backend_inline")
     timings = []
     for name in NOTEBOOKS:
