@@ -30,6 +30,8 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
+from correcteur.errors import UserError
+
 TIMEOUT_ENV = "CORRECTEUR_DIST_TIMEOUT"
 DEFAULT_TIMEOUT_S = 900
 # The loop's stop reasons (`train.should_stop`), numbered so that one all-reduce carries them.
@@ -154,7 +156,8 @@ def session(device: torch.device) -> Iterator[Ranks]:
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(device)
     elif device.type != "cpu":
-        raise ValueError(f"data-parallel training runs on CUDA or the CPU, not {device.type}")
+        raise UserError(f"data-parallel training (torchrun) runs on CUDA GPUs or CPUs, not {device.type}: "
+                        "pass --device cuda or --device cpu, or train in one process without torchrun")
     timeout = datetime.timedelta(seconds=float(os.environ.get(TIMEOUT_ENV, DEFAULT_TIMEOUT_S)))
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=timeout,
                             rank=rank, world_size=world_size)
