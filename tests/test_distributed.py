@@ -206,6 +206,7 @@ def test_peer_failures_are_told_from_other_errors():
     assert peer_failure(gloo) == "Connection closed by peer [127.0.0.1]:6"
     assert peer_failure(RuntimeError("mat1 and mat2 shapes cannot be multiplied")) is None
     assert peer_failure(torch.cuda.OutOfMemoryError("CUDA out of memory (nccl)")) is None
+    assert peer_failure(UserError("the download timed out")) is None  # the user's own message stays
 
 
 def test_shards_cover_each_global_batch_once():

@@ -23,6 +23,7 @@ import contextlib
 import datetime
 import os
 import re
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -125,8 +126,8 @@ ONE_RANK = Ranks()
 
 def peer_failure(error: BaseException) -> str | None:
     """What went wrong in one line, when `error` says another rank stopped or cannot be reached;
-    None for any other error (a bug, a full disk, CUDA out of memory)."""
-    if isinstance(error, torch.cuda.OutOfMemoryError):
+    None for any other error (a user's mistake, a bug, CUDA out of memory)."""
+    if isinstance(error, UserError | torch.cuda.OutOfMemoryError):
         return None
     text = str(error).strip()
     if not (isinstance(error, dist.DistError) or any(word in text.lower() for word in PEER_ERROR_WORDS)):
@@ -161,11 +162,8 @@ def session(device: torch.device) -> Iterator[Ranks]:
     timeout = datetime.timedelta(seconds=float(os.environ.get(TIMEOUT_ENV, DEFAULT_TIMEOUT_S)))
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=timeout,
                             rank=rank, world_size=world_size)
-    quiet = open(os.devnull, "w") if rank else None  # noqa: SIM115 (closed below)
     try:
-        with contextlib.redirect_stdout(quiet) if quiet else contextlib.nullcontext():
+        with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull if rank else sys.stdout):
             yield Ranks(rank, world_size, device)
     finally:
-        if quiet:
-            quiet.close()
         dist.destroy_process_group()
