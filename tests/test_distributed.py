@@ -1,13 +1,14 @@
 """Data-parallel training on 2 CPU processes with gloo: the same run as one process, exact resume,
 a dead or interrupted rank that leaves a usable checkpoint.
 
-The ranks are forked processes that set torchrun's variables and call `train` as torchrun's
+The ranks are processes of their own that set torchrun's variables and call `train` as torchrun's
 processes do; each writes what happened (status, message, weights) under `out/`. Every wait has
 a timeout (the process group's too, `CORRECTEUR_DIST_TIMEOUT`): a failing test never hangs."""
 
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import json
 import multiprocessing
 import os
@@ -60,6 +61,7 @@ def _rank_main(rank: int, world_size: int, port: int, out: Path, config, resume:
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size), MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port), CORRECTEUR_DIST_TIMEOUT="20")
     torch.set_num_threads(1)
+    faulthandler.dump_traceback_later(WAIT_S - 10, exit=True)  # a hung rank shows where it was
     status, code = {"status": "ok"}, 0
     try:
         result = train(config, model=model or tiny_model(), tokenizer=CharTokenizer(), resume=resume)
@@ -73,10 +75,18 @@ def _rank_main(rank: int, world_size: int, port: int, out: Path, config, resume:
     os._exit(code)
 
 
+def _context():
+    """Fresh processes, as torchrun starts (a fork of the test process would inherit its
+    threads' locks), forked from one server that has imported torch and the package once."""
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["torch", "torch._dynamo", "torch.distributed", "correcteur.train", "test_distributed"])
+    return context
+
+
 def run_ranks(config, out: Path, world_size: int = 2, resume: bool = False, model=None) -> list[dict]:
-    """Run `train(config)` on `world_size` forked ranks; each rank's outcome (with its exit code)."""
+    """Run `train(config)` on `world_size` ranks; each rank's outcome (with its exit code)."""
     out.mkdir(parents=True, exist_ok=True)
-    port, context = _free_port(), multiprocessing.get_context("fork")
+    port, context = _free_port(), _context()
     processes = [context.Process(target=_rank_main, args=(rank, world_size, port, out, config, resume, model))
                  for rank in range(world_size)]
     for process in processes:
