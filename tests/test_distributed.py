@@ -156,6 +156,20 @@ def test_two_ranks_train_as_one_process_with_their_global_batch(tmp_path, data, 
     assert ckpt.load_checkpoint(config.run_dir / "last.pt")["meta"]["ranks"] == 2
 
 
+def test_early_stopping_is_one_decision_for_every_rank(tmp_path):
+    """Validation answers contradict the training ones: the validation loss only gets worse,
+    and both ranks stop at the step one process stops at, with its best weights."""
+    write_data(tmp_path / "data", PAIRS[:9], [(wrong, "zzzz zzzz") for wrong, _ in PAIRS[:4]])
+    one = train(tiny_config(tmp_path, run_name="one", batch_size=4, eval_freq=1, patience=2, num_epochs=10),
+                model=tiny_model(), tokenizer=CharTokenizer())
+    config = tiny_config(tmp_path, run_name="two", batch_size=2, eval_freq=1, patience=2, num_epochs=10)
+    assert [o["exitcode"] for o in run_ranks(config, tmp_path / "out")] == [0, 0]
+    two = json.loads((config.run_dir / "summary.json").read_text())
+    assert one.summary["stop_reason"] == two["stop_reason"] == "early_stopping"
+    assert (two["steps"], two["best_step"]) == (one.summary["steps"], one.summary["best_step"]) == (3, 1)
+    assert_weights_close(weights(tmp_path / "out" / "rank1.pt"), one.model.state_dict(), atol=1e-4)
+
+
 # ----------------------------------------------------------------------------- resume
 
 
