@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import faulthandler
+import gc
 import json
 import multiprocessing
 import os
@@ -57,19 +58,27 @@ def _free_port() -> int:
 
 def _rank_main(rank: int, world_size: int, port: int, out: Path, config, resume: bool, model) -> None:
     """One rank, as torchrun starts it: its variables set, then `train`; what happened goes to
-    out/rank<N>.json (and its weights to out/rank<N>.pt)."""
+    out/rank<N>.json (and its weights to out/rank<N>.pt), and the rank exits at once.
+
+    At once, and with the garbage collector off: after another rank died, torch's clean-up of
+    the failed exchange (DDP's reducer, gloo's threads) may block, which torchrun ends by
+    killing the rank after its message; here nothing would."""
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size), MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port), CORRECTEUR_DIST_TIMEOUT="20")
     torch.set_num_threads(1)
+    gc.disable()
     faulthandler.dump_traceback_later(WAIT_S - 10, exit=True)  # a hung rank shows where it was
-    status, code = {"status": "ok"}, 0
     try:
         result = train(config, model=model or tiny_model(), tokenizer=CharTokenizer(), resume=resume)
         torch.save(result.model.state_dict(), out / f"rank{rank}.pt")
     except UserError as error:
-        status, code = {"status": "error", "message": str(error)}, 2
+        _report(out, rank, {"status": "error", "message": str(error)}, 2)
     except KeyboardInterrupt as error:
-        status, code = {"status": "interrupted", "message": str(error)}, 130
+        _report(out, rank, {"status": "interrupted", "message": str(error)}, 130)
+    _report(out, rank, {"status": "ok"}, 0)
+
+
+def _report(out: Path, rank: int, status: dict, code: int) -> None:
     (out / f"rank{rank}.json").write_text(json.dumps(status))
     sys.stdout.flush()
     os._exit(code)
