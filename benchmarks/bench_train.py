@@ -44,7 +44,8 @@ from correcteur.train import TrainState, train_step
 
 IGNORE = -100
 # Dense bf16 tensor-core peaks (TFLOP/s) of the GPUs people are likely to run this on.
-PEAK_BF16_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "L4": 121.0,
+# The first name found in the GPU's wins: "H100 PCIe" before "H100" (SXM).
+PEAK_BF16_TFLOPS = {"H200": 989.0, "H100 PCIe": 756.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "L4": 121.0,
                     "A10": 125.0, "RTX 4090": 165.0, "RTX 3090": 71.0, "T4": 65.0}
 
 

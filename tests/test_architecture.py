@@ -16,7 +16,7 @@ LAYERS = [
     ("models", {"model", "llama", "lora", "generate", "precision", "scoring"}),
     ("loading", {"fetch", "tokenizer", "weights"}),
     ("data", {"augment", "data"}),
-    ("training", {"batches", "checkpoint", "train"}),
+    ("training", {"batches", "checkpoint", "distributed", "train"}),
     ("correction", {"candidates", "guard", "choose", "correct"}),
     ("evaluation", {"baselines", "metrics", "judge", "respond", "guard_tuning", "choose_tuning", "evaluate"}),
     ("use", {"app", "export", "pipeline", "serve", "documents", "cli", "__main__", "__init__"}),

@@ -10,7 +10,7 @@ from correcteur import pipeline
 
 @pytest.mark.slow
 def test_tiny_profile_runs_every_notebook(tmp_path, monkeypatch):
-    for name in ("CORRECTEUR_PROFILE", "CORRECTEUR_RUN_DIR", "CORRECTEUR_HEADLESS", "MPLBACKEND"):
+    for name in ("CORRECTEUR_PROFILE", "CORRECTEUR_PROFILE_JSON", "CORRECTEUR_RUN_DIR", "CORRECTEUR_HEADLESS", "MPLBACKEND"):
         monkeypatch.setenv(name, "")  # the runner sets them; monkeypatch restores them afterwards
     monkeypatch.setenv("CORRECTEUR_CHECKPOINTS", str(tmp_path / "checkpoints"))
     monkeypatch.chdir(tmp_path)  # notebook_run moves the kernel, not this process, to the repo root

@@ -4,7 +4,8 @@ A *profile* sizes the whole pipeline for the machine at hand; every notebook rea
 (`CORRECTEUR_PROFILE`), so one switch changes model, data and training budget everywhere:
 
 - `gpu`: the user's setting, gpt2-medium (355M) fine-tuned on the Hugging Face dataset (the
-  embedded corpus when the hub is unreachable), 5 epochs, AdamW 5e-5.
+  embedded corpus when the hub is unreachable), 5 epochs, AdamW 5e-5; with several GPUs
+  visible, trained under torchrun on all of them (batch 8 per GPU).
 - `cpu`: the same pipeline sized for a 2-core CPU: SmolLM2-135M with
   LoRA on the embedded corpus, 8 minutes of training, 120 test sentences.
 - `quality`: the CPU corrector whose numbers the README reports: SmolLM2-135M with LoRA on the
@@ -23,6 +24,7 @@ import dataclasses
 import datetime
 import json
 import os
+import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -30,6 +32,9 @@ from pathlib import Path
 
 from correcteur.files import CHECKPOINTS_DIR, PROJECT_ROOT, write_json
 
+# The profile's settings, for the notebooks of a run whose profile differs from the named one
+# (benchmarks/gpu_check.py runs the gpu profile shortened).
+PROFILE_JSON = "CORRECTEUR_PROFILE_JSON"
 NOTEBOOKS = ["01_setup", "02_dataset", "03_finetune", "04_evaluate", "05_demo"]
 
 
@@ -124,7 +129,58 @@ def notebook_run(profile: str | None = None, run_dir: str | Path | None = None) 
     profile = os.environ.get("CORRECTEUR_PROFILE") or profile or "auto"
     run_dir = Path(os.environ.get("CORRECTEUR_RUN_DIR") or run_dir or PROJECT_ROOT / "runs" / "notebooks")
     run_dir.mkdir(parents=True, exist_ok=True)
-    return get_profile(profile), RunPaths(run_dir)
+    given = os.environ.get(PROFILE_JSON)  # the whole profile, when the main job runs a modified one
+    return (Profile(**json.loads(given)) if given else get_profile(profile)), RunPaths(run_dir)
+
+
+def training_processes(profile: Profile) -> int:
+    """How many processes train for `profile`: one per visible GPU for `gpu` (torchrun), else one."""
+    if profile.name != "gpu":
+        return 1
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 1
+
+
+def torchrun_command(config, processes: int, resume: bool) -> list[str]:
+    """`torchrun --nproc_per_node=N -m correcteur train` with every setting of `config` (a
+    `TrainConfig`) as its option, so the processes train exactly the run described."""
+    options = []
+    for f in dataclasses.fields(config):
+        value, flag = getattr(config, f.name), f.metadata["flag"] or "--" + f.name.replace("_", "-")
+        if isinstance(value, bool):
+            options.append(flag if value else "--no-" + flag.removeprefix("--"))
+        elif value is not None:
+            options += [flag, str(value)]
+    return [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={processes}", "-m", "correcteur",
+            "train", *options, *(["--resume"] if resume else [])]
+
+
+def train_profile(profile: Profile, config, model, tokenizer, base_info: dict, resume: bool):
+    """Train `config` as the notebook asks, in this process, or, for the `gpu` profile when
+    several GPUs are visible, under torchrun on all of them (data-parallel, `--batch-size` per
+    GPU: the effective batch grows with the GPUs); its output is shown as it comes, and the
+    result is read back from the run folder. Returns a `train.TrainResult`."""
+    from correcteur.checkpoint import load_for_inference
+    from correcteur.errors import UserError
+    from correcteur.train import TrainResult, train
+
+    processes = training_processes(profile)
+    if processes == 1:
+        return train(config, model=model, tokenizer=tokenizer, base_info=base_info, resume=resume)
+    command = torchrun_command(config, processes, resume)
+    print(f"{processes} GPUs: {' '.join(command[2:])}", flush=True)
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as process:
+        for line in process.stdout:
+            print(line, end="", flush=True)
+    if process.returncode:
+        raise UserError(f"torchrun ended with status {process.returncode} (its output is above); run the notebook "
+                        "again to resume from the last checkpoint")
+    run_dir = config.run_dir
+    trained, _, _ = load_for_inference(run_dir)
+    history, summary = (json.loads((run_dir / name).read_text(encoding="utf-8"))
+                        for name in ("history.json", "summary.json"))
+    return TrainResult(model=trained, history=history, run_dir=run_dir, summary=summary)
 
 
 def headless() -> bool:
@@ -165,6 +221,7 @@ def run_notebooks(profile: Profile, run_dir: Path, timeout: int = 7200) -> list[
     from nbclient import NotebookClient
 
     os.environ.update(CORRECTEUR_PROFILE=profile.name, CORRECTEUR_RUN_DIR=str(run_dir.resolve()),
+                      **{PROFILE_JSON: json.dumps(dataclasses.asdict(profile))},
                       CORRECTEUR_HEADLESS="1", MPLBACKEND="module://matplotlib_inline.backend_inline")
     timings = []
     for name in NOTEBOOKS:

@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 
 from correcteur import checkpoint as ckpt
 from correcteur.batches import InstructionDataset, batch_order, collate_indices, optimizer_steps
+from correcteur.distributed import ONE_RANK, Ranks, peer_failure, session
 from correcteur.errors import UserError
 from correcteur.files import CHECKPOINTS_DIR, load_entries, run_lock, write_json
 from correcteur.generate import generate, text_to_token_ids, token_ids_to_text
@@ -177,8 +178,10 @@ class TrainConfig:
     lr: float = _option(5e-5, "AdamW learning rate")
     weight_decay: float = _option(0.1, "AdamW weight decay")
     num_epochs: int = _option(5, "passes over the training set")
-    batch_size: int = _option(8, "examples per micro-batch")
-    grad_accum_steps: int = _option(1, "micro-batches per optimizer step (effective batch = batch_size x this)")
+    batch_size: int = _option(8, "examples per micro-batch and process (under torchrun, the global batch is "
+                                 "this x the number of processes)")
+    grad_accum_steps: int = _option(1, "micro-batches per optimizer step (effective batch = batch_size x "
+                                       "processes x this)")
     eval_freq: int = _option(5, "evaluate every this many optimizer steps")
     eval_iter: int = _option(5, "batches of train and of validation data per evaluation")
     patience: int = _option(4, "stop training after this many evaluations without a better validation loss")
@@ -289,9 +292,23 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _steps_of_epoch(dataset: InstructionDataset, config: TrainConfig, epoch: int) -> list[list[list[int]]]:
-    return optimizer_steps(dataset.lengths, config.batch_size, config.grad_accum_steps, config.seed, epoch,
-                           config.group_by_length)
+def _steps_of_epoch(dataset: InstructionDataset, config: TrainConfig, epoch: int,
+                    ranks: Ranks) -> list[list[list[int]]]:
+    """The epoch's optimizer steps of global micro-batches (every rank's examples): one
+    process with the global batch size sees the same."""
+    return optimizer_steps(dataset.lengths, config.batch_size * ranks.world_size, config.grad_accum_steps,
+                           config.seed, epoch, config.group_by_length)
+
+
+def _collate_shards(dataset: InstructionDataset, batches: list[list[int]], pad: int, mask_instruction: bool,
+                    ranks: Ranks) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], list[bool]]:
+    """This rank's share of each global batch, collated, and whether it owns one. A rank left
+    without examples (a last batch smaller than the ranks) computes the batch's first one with
+    weight 0: under DDP every rank runs every backward pass."""
+    shards = [ranks.shard(indices) for indices in batches]
+    micro = [collate_indices(dataset, shard or indices[:1], pad, mask_instruction)
+             for shard, indices in zip(shards, batches, strict=True)]
+    return micro, [bool(shard) for shard in shards]
 
 
 def _build_model(config: TrainConfig, model, tokenizer, base_info: dict | None):
@@ -302,37 +319,51 @@ def _build_model(config: TrainConfig, model, tokenizer, base_info: dict | None):
     return model, tokenizer, dict(info)
 
 
-def _check_resumable(saved: dict, config: TrainConfig, path: Path) -> None:
+def _check_resumable(saved: dict, config: TrainConfig, path: Path, saved_ranks: int, ranks: int) -> None:
+    """Refuse what would change the run's computation. The number of processes may change
+    when the global batch (processes x --batch-size) does not."""
     changed = [k for k, v in dataclasses.asdict(config).items()
-               if k not in RESUMABLE_CHANGES and saved.get(k) != v]
-    if changed:
-        details = ", ".join(f"{k}: {saved.get(k)!r} in the checkpoint, {getattr(config, k)!r} now" for k in changed)
-        raise UserError(f"{path} belongs to a different run ({details}); resume with the same settings "
+               if k not in RESUMABLE_CHANGES | {"batch_size"} and saved.get(k) != v]
+    details = [f"{k}: {saved.get(k)!r} in the checkpoint, {getattr(config, k)!r} now" for k in changed]
+    if saved.get("batch_size") * saved_ranks != config.batch_size * ranks:
+        details.append(f"batch: {saved_ranks} process(es) x {saved.get('batch_size')} in the checkpoint, "
+                       f"{ranks} x {config.batch_size} now (keep processes x --batch-size the same)")
+    if details:
+        raise UserError(f"{path} belongs to a different run ({', '.join(details)}); resume with the same settings "
                         "or start a new run with another --run-name")
 
 
 class _DeferInterrupt:
     """Turn the first Ctrl-C into a request honoured between steps, so the checkpoint written
-    on the way out is never half an optimizer update. A second Ctrl-C interrupts at once."""
+    on the way out is never half an optimizer update. A second Ctrl-C interrupts at once.
 
-    def __init__(self):
+    Under torchrun (`several_ranks`) each rank gets the terminal's Ctrl-C and then torchrun's
+    own SIGINT or SIGTERM: every one of them is a request, and torchrun kills the ranks that
+    have not ended 30 s later."""
+
+    def __init__(self, several_ranks: bool = False):
         self.requested = False
-        self._previous = None
+        self.signals = (signal.SIGINT, signal.SIGTERM) if several_ranks else (signal.SIGINT,)
+        self._previous: dict = {}
 
     def _handler(self, signum, frame):
+        if not self.requested:
+            tqdm.write("Ctrl-C: stopping after this step and saving last.pt"
+                       + ("" if len(self.signals) > 1 else " (press again to abort now)"))
         self.requested = True
-        signal.signal(signal.SIGINT, self._previous)
-        tqdm.write("Ctrl-C: stopping after this step and saving last.pt (press again to abort now)")
+        if len(self.signals) == 1:
+            signal.signal(signum, self._previous[signum])
 
     def __enter__(self):
         with contextlib.suppress(ValueError):  # not the main thread: keep the default behaviour
-            self._previous = signal.signal(signal.SIGINT, self._handler)
+            for signum in self.signals:
+                self._previous[signum] = signal.signal(signum, self._handler)
         return self
 
     def __exit__(self, *exc):
-        if self._previous is not None:
-            with contextlib.suppress(ValueError):
-                signal.signal(signal.SIGINT, self._previous)
+        with contextlib.suppress(ValueError):
+            for signum, previous in self._previous.items():
+                signal.signal(signum, previous)
         return False
 
 
@@ -359,17 +390,29 @@ def train(config: TrainConfig, model: torch.nn.Module | None = None, tokenizer=N
 
     The run folder is locked (`files.run_lock`) from the check that it holds no run (or the
     one to resume) to the last file written: a second run started into it meanwhile is refused
-    instead of leaving the folder with the config of one and the weights of the other."""
-    with run_lock(config.run_dir, "training"):
-        return _train(config, model, tokenizer, base_info, resume)
+    instead of leaving the folder with the config of one and the weights of the other.
+
+    Started by torchrun (`distributed.py`), every process runs this with its share of each
+    batch; rank 0 alone takes the lock and writes. A rank that dies or cannot be reached ends
+    the others with a UserError; the last checkpoint stays as it was."""
+    with session(pick_device(config.device)) as ranks:
+        try:
+            with run_lock(config.run_dir, "training") if ranks.is_main else contextlib.nullcontext():
+                return _train(config, model, tokenizer, base_info, resume, ranks)
+        except Exception as error:
+            if not ranks.active or (why := peer_failure(error)) is None:
+                raise
+            raise UserError(f"rank {ranks.rank} of {ranks.world_size}: another rank stopped or cannot be reached "
+                            f"({why}); every rank ends here. The last checkpoint, {config.run_dir / 'last.pt'}, "
+                            "is intact: run the same command with --resume to continue") from None
 
 
 def _train(config: TrainConfig, model: torch.nn.Module | None, tokenizer, base_info: dict | None,
-           resume: bool) -> TrainResult:
+           resume: bool, ranks: Ranks) -> TrainResult:
     run_dir, last_path = config.run_dir, config.run_dir / "last.pt"
-    saved = _saved_run(config, last_path, resume)
+    saved = _saved_run(config, last_path, resume, ranks)
     splits = {name: load_split(config.data_dir, name) for name in ("train", "val")}
-    device = pick_device(config.device)
+    device = ranks.device
     _seed_everything(config.seed)
     model, tokenizer, base_info = _build_model(config, model, tokenizer, base_info)
     if base_info["pretrained"] is False:
@@ -385,13 +428,16 @@ def _train(config: TrainConfig, model: torch.nn.Module | None, tokenizer, base_i
                         "same data folder, or start a new run")
     meta = {"model_cfg": model.cfg, "family": model.family, "model_name": base_info["name"],
             "tokenizer": tokenizer.name, "prompt_style": config.prompt_style, "base": base_info,
-            "input_prefix": input_prefix}
+            "input_prefix": input_prefix, "ranks": ranks.world_size}
     train_data, val_data = _datasets(splits, tokenizer, config, model.context_length, input_prefix)
     pad = tokenizer.eot_token
-    # The same batches at every evaluation, so that successive losses compare.
-    eval_batches = {name: [collate_indices(ds, indices, pad, config.mask_instruction)
-                           for indices in batch_order(ds.lengths, config.batch_size, config.seed, 0)[:config.eval_iter]]
-                    for name, ds in (("train", train_data), ("val", val_data))}
+    # The same batches at every evaluation, so that successive losses compare; global ones, so
+    # that the losses do not depend on the number of ranks.
+    eval_batches = {}
+    for name, ds in (("train", train_data), ("val", val_data)):
+        batches = batch_order(ds.lengths, config.batch_size * ranks.world_size, config.seed, 0)[:config.eval_iter]
+        micro, owned = _collate_shards(ds, batches, pad, config.mask_instruction, ranks)
+        eval_batches[name] = list(zip(micro, ranks.token_weights([t for _, t in micro], owned), strict=True))
 
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay,
@@ -401,31 +447,37 @@ def _train(config: TrainConfig, model: torch.nn.Module | None, tokenizer, base_i
     state = TrainState()
     if saved is not None:
         state = TrainState(**ckpt.restore_training(saved, model, optimizer, scheduler, last_path,
-                                                   _steps_of_epoch(train_data, config, saved["state"]["epoch"])))
+                                                   _steps_of_epoch(train_data, config, saved["state"]["epoch"], ranks)))
     forward_model = torch.compile(model) if config.compile else model
+    step_model = ranks.wrap(forward_model)  # DDP over several ranks; evaluation needs no exchange
     amp = autocast_for(device)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    ckpt.save_train_config(run_dir, dataclasses.asdict(config))
-    ckpt.save_run_tokenizer(tokenizer, run_dir, model.context_length)
+    if ranks.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        ckpt.save_train_config(run_dir, dataclasses.asdict(config))
+        ckpt.save_run_tokenizer(tokenizer, run_dir, model.context_length)
 
-    steps_per_epoch = len(_steps_of_epoch(train_data, config, 0))
+    steps_per_epoch = len(_steps_of_epoch(train_data, config, 0, ranks))
     total = min(config.num_epochs * steps_per_epoch, config.max_steps or math.inf)
     # A resumed run's peak RAM includes the steps before the interruption (kept in its history);
     # CUDA's peak counts this process only.
     memory = peak_memory_mb(device, max((r.get("peak_ram_mb", 0.0) for r in state.history), default=0.0))
     start = time.perf_counter() - state.elapsed_s
-    epoch_steps = _steps_of_epoch(train_data, config, state.epoch)
+    epoch_steps = _steps_of_epoch(train_data, config, state.epoch, ranks)
     if state.step_in_epoch >= len(epoch_steps) and state.bad_evals < config.patience:
         # A last.pt saved at the very end of an epoch by earlier versions: start the next one.
         state.epoch, state.step_in_epoch = state.epoch + 1, 0
-        epoch_steps = _steps_of_epoch(train_data, config, state.epoch)
-    bar = tqdm(total=total, initial=min(state.step, total), desc="train", unit="step", dynamic_ncols=True)
+        epoch_steps = _steps_of_epoch(train_data, config, state.epoch, ranks)
+    bar = tqdm(total=total, initial=min(state.step, total), desc="train", unit="step", dynamic_ncols=True,
+               disable=not ranks.is_main)
     model.train()
-    with _DeferInterrupt() as interrupt:
-        while (reason := should_stop(config, state, time.perf_counter() - start, interrupt.requested)) is None:
-            micro = [collate_indices(train_data, indices, pad, config.mask_instruction)
-                     for indices in epoch_steps[state.step_in_epoch]]
-            loss = train_step(forward_model, optimizer, params, micro, device, amp, config.max_grad_norm, state)
+    with _DeferInterrupt(ranks.active) as interrupt:
+        # One decision for every rank (rank 0's), taken together before each step.
+        while (reason := ranks.agree(should_stop(config, state, time.perf_counter() - start,
+                                                 interrupt.requested))) is None:
+            micro, owned = _collate_shards(train_data, epoch_steps[state.step_in_epoch], pad,
+                                           config.mask_instruction, ranks)
+            loss = train_step(step_model, optimizer, params, micro, device, amp, config.max_grad_norm, state,
+                              ranks, owned)
             state.step_in_epoch += 1
             state.elapsed_s = time.perf_counter() - start
             bar.update(1)
@@ -433,34 +485,39 @@ def _train(config: TrainConfig, model: torch.nn.Module | None, tokenizer, base_i
             if state.step % config.eval_freq == 0:
                 memory = peak_memory_mb(device, memory["ram_mb"])
                 record = _evaluate(forward_model, eval_batches, device, amp, optimizer, scheduler, state,
-                                   memory, steps_per_epoch)
+                                   memory, steps_per_epoch, ranks)
                 bar.set_postfix(train=f"{record['train_loss']:.3f}", val=f"{record['val_loss']:.3f}",
                                 lr=f"{record['lr']:.1e}")
-                if state.bad_evals == 0:
+                if state.bad_evals == 0 and ranks.is_main:
                     _save_best(model, meta, state, config)
             if state.step_in_epoch == len(epoch_steps) and state.bad_evals < config.patience:  # the epoch ran to its end
                 state.epoch, state.step_in_epoch = state.epoch + 1, 0
-                epoch_steps = _steps_of_epoch(train_data, config, state.epoch)
-                generate_sample(model, tokenizer, val_data, device)
-            if state.step % config.checkpoint_every == 0:
+                epoch_steps = _steps_of_epoch(train_data, config, state.epoch, ranks)
+                if ranks.is_main:
+                    generate_sample(model, tokenizer, val_data, device)
+            if state.step % config.checkpoint_every == 0 and ranks.is_main:
                 _save_last(last_path, model, optimizer, scheduler, state, config, meta, epoch_steps)
     bar.close()
     if reason == "interrupted":
-        _save_last(last_path, model, optimizer, scheduler, state, config, meta, epoch_steps)
         message = f"training stopped at step {state.step}, saved in {last_path}; resume it with --resume"
-        print(message)
+        if ranks.is_main:
+            _save_last(last_path, model, optimizer, scheduler, state, config, meta, epoch_steps)
+            print(message)
+        ranks.barrier()  # no rank leaves (torchrun would then end rank 0) before last.pt is written
         raise KeyboardInterrupt(message)
-    if state.step and not (run_dir / "best.pt").exists():
+    if ranks.is_main and state.step and not (run_dir / "best.pt").exists():
         # Stopped before its first evaluation: the only weights there are become best.pt, so the
         # run can be used; no state changes, so a resumed run still equals an uninterrupted one.
         print(f"no evaluation in {state.step} steps (--eval-freq {config.eval_freq}): saving the last weights as best.pt")
         _save_best(model, meta, state, config)
     state.stop_reason = reason if reason in ("early_stopping", "completed") else None  # None: a budget
-    _save_last(last_path, model, optimizer, scheduler, state, config, meta, epoch_steps)
-    return _finish(model, config, state, meta, memory, device)
+    if ranks.is_main:
+        _save_last(last_path, model, optimizer, scheduler, state, config, meta, epoch_steps)
+    ranks.barrier()  # best.pt is written: every rank may read it
+    return _finish(model, config, state, meta, memory, device, ranks)
 
 
-def _saved_run(config: TrainConfig, last_path: Path, resume: bool) -> dict | None:
+def _saved_run(config: TrainConfig, last_path: Path, resume: bool, ranks: Ranks) -> dict | None:
     """last.pt's payload when resuming (checked against `config`); None for a new run."""
     if not resume:
         if last_path.exists():
@@ -470,7 +527,7 @@ def _saved_run(config: TrainConfig, last_path: Path, resume: bool) -> dict | Non
     if not last_path.is_file():
         raise UserError(f"nothing to resume: no {last_path}; start the run without --resume")
     saved = ckpt.load_checkpoint(last_path)
-    _check_resumable(saved["config"], config, last_path)
+    _check_resumable(saved["config"], config, last_path, saved["meta"].get("ranks", 1), ranks.world_size)
     return saved
 
 
@@ -506,28 +563,50 @@ def _save_best(model, meta: dict, state: TrainState, config: TrainConfig) -> Non
 
 
 def train_step(model, optimizer, params, micro_batches, device, amp, max_grad_norm: float,
-               state: TrainState) -> float:
-    """One optimizer step over its micro-batches; returns the step's mean loss."""
+               state: TrainState, ranks: Ranks = ONE_RANK, owned: list[bool] | None = None) -> float:
+    """One optimizer step over its micro-batches; returns the step's mean loss.
+
+    Under DDP the micro-batches are this rank's shards (`owned` False: a stand-in, weight 0),
+    each mean loss weighted by the rank's share of the global micro-batch's response tokens
+    (`Ranks.token_weights`: exactly 1 on one process), so the gradients equal one process's."""
     optimizer.zero_grad(set_to_none=True)
+    owned = owned or [True] * len(micro_batches)
+    weights = ranks.token_weights([targets for _, targets in micro_batches], owned)
     step_loss = 0.0
-    for inputs, targets in micro_batches:
-        with amp:
-            loss = calc_loss_batch(inputs, targets, model, device) / len(micro_batches)
-        loss.backward()
+    for i, ((inputs, targets), weight) in enumerate(zip(micro_batches, weights, strict=True)):
+        with ranks.no_sync(model, skip=i < len(micro_batches) - 1):  # the gradients are exchanged once a step
+            with amp:
+                loss = calc_loss_batch(inputs, targets, model, device) * weight / len(micro_batches)
+            loss.backward()
         step_loss += loss.item()
-        state.tokens_seen += inputs.numel()
+    sizes = [inputs.numel() if own else 0 for (inputs, _), own in zip(micro_batches, owned, strict=True)]
+    *losses, tokens = ranks.all_sum([step_loss / ranks.world_size, sum(sizes)])
+    state.tokens_seen += int(tokens)
     if max_grad_norm:
         torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
     optimizer.step()
     state.step += 1
-    return step_loss
+    return losses[0]
+
+
+def _eval_loss(model, batches: list, device, ranks: Ranks) -> float:
+    """`calc_loss_loader` over global batches whose shards the ranks share: each batch's mean
+    token loss is the sum of the shards' means weighted by their share of its tokens."""
+    total = 0.0
+    for (inputs, targets), weight in batches:
+        if weight:
+            total += calc_loss_batch(inputs, targets, model, device).item() * (weight / ranks.world_size)
+    return ranks.all_sum([total])[0] / len(batches)
 
 
 def _evaluate(model, eval_batches, device, amp, optimizer, scheduler, state: TrainState, memory: dict,
-              steps_per_epoch: int) -> dict:
-    """Evaluate, step the scheduler and the early-stopping counter, and record it all."""
-    with amp:
-        train_loss, val_loss = evaluate_model(model, eval_batches["train"], eval_batches["val"], device, None)
+              steps_per_epoch: int, ranks: Ranks) -> dict:
+    """Evaluate, step the scheduler and the early-stopping counter, and record it all (every
+    rank alike: the losses are reduced over the ranks)."""
+    model.eval()
+    with amp, torch.no_grad():
+        train_loss, val_loss = [_eval_loss(model, eval_batches[name], device, ranks) for name in ("train", "val")]
+    model.train()
     record = {"step": state.step, "epoch": state.epoch,
               "epochs_seen": round(state.epoch + state.step_in_epoch / steps_per_epoch, 4),
               "train_loss": train_loss, "val_loss": val_loss,
@@ -553,8 +632,9 @@ def generate_sample(model, tokenizer, dataset: InstructionDataset, device, max_n
     tqdm.write("sample: " + tokenizer.decode(out[0, prompt_length:].tolist()).replace("\n", " "))
 
 
-def _finish(model, config: TrainConfig, state: TrainState, meta: dict, memory: dict, device) -> TrainResult:
-    """Put the best weights back, write summary.json and say how it went."""
+def _finish(model, config: TrainConfig, state: TrainState, meta: dict, memory: dict, device,
+            ranks: Ranks) -> TrainResult:
+    """Put the best weights back, write summary.json (rank 0) and say how it went."""
     run_dir = config.run_dir
     best_path = run_dir / "best.pt"
     if config.lora_rank:
@@ -567,10 +647,11 @@ def _finish(model, config: TrainConfig, state: TrainState, meta: dict, memory: d
         "best_step": state.best_step, "best_val_loss": state.best_val_loss if state.history else None,
         "tokens_seen": state.tokens_seen, "train_seconds": round(state.elapsed_s, 1),
         "tokens_per_s": round(state.tokens_seen / max(state.elapsed_s, 1e-9), 1),
-        "device": str(device), "pretrained": meta["base"]["pretrained"],
+        "device": str(device), "ranks": ranks.world_size, "pretrained": meta["base"]["pretrained"],
         **{f"peak_{k}": round(v, 1) for k, v in memory.items()},
     }
-    write_json(run_dir / "summary.json", summary)
+    if ranks.is_main:
+        write_json(run_dir / "summary.json", summary)
     best = f"best val loss {state.best_val_loss:.4f} at step {state.best_step}" if state.history else "no evaluation"
     print(f"{summary['stop_reason']} after {state.step} steps ({state.elapsed_s / 60:.1f} min, "
           f"{summary['tokens_per_s']:.0f} tokens/s); {best}; peak RAM {memory['ram_mb']:.0f} MB"
