@@ -72,6 +72,11 @@ ROWS = [
     ("guard --checkpoint {ckpt} --val {tmp}/folder.json", 2, "is a folder", ["{ckpt}/guard.json"]),
     ("guard --checkpoint {ckpt} --val {tmp}/no_input.json", 2, "no text under 'input'", ["{ckpt}/guard.json"]),
     ("guard --checkpoint {ckpt} --val {tmp}/empty_output.json", 2, "1 with an empty 'output'", ["{ckpt}/guard.json"]),
+    ("choose --checkpoint {ckpt} --val {tmp}/folder.json", 2, "is a folder", ["{ckpt}/choose.json"]),
+    ("choose --checkpoint {ckpt} --val {tmp}/no_input.json --no-model-edits", 2, "no text under 'input'",
+     ["{ckpt}/choose.json"]),
+    ("choose --checkpoint {ckpt} --val {tmp}/empty_output.json --scorer finetuned", 2, "1 with an empty 'output'",
+     ["{ckpt}/choose.json"]),
     # respond
     ("respond --checkpoint {ckpt} --test {tmp}/missing.json --out {tmp}/r.json", 2, "does not exist", ["{tmp}/r.json"]),
     ("respond --checkpoint {ckpt} --test {tmp}/prefixed.json --out {tmp}/r.json", 2, "start with 'grammaire: '",

@@ -259,7 +259,8 @@ def test_cli_corrects_stdin_line_by_line(monkeypatch, capsys, fake_checkpoint):
     set_stdin(monkeypatch, b"On va a Paris.\n\nIl a manger.\n")
     assert main(["correct", "--checkpoint", "run", "--no-guard"]) == 0
     assert capsys.readouterr().out == "On va à Paris.\n\nIl a mangé.\n"
-    assert fake_checkpoint == {"path": "run", "guard": False, "decoding": "speculative", "precision": "float32"}
+    assert fake_checkpoint == {"path": "run", "guard": False, "decoding": "speculative", "precision": "float32",
+                               "chooser": True}
 
 
 def test_cli_diff_of_an_argument(capsys, fake_checkpoint):

@@ -27,7 +27,7 @@ def corrector(monkeypatch):
     """`Corrector.from_checkpoint` gives a scripted corrector, recorded with its dictionary."""
     made = scripted(dict(FIXES))
 
-    def from_checkpoint(cls, path, device=None, guard=True, chooser=True):
+    def from_checkpoint(cls, path, device=None, guard=True, **options):
         return made
 
     monkeypatch.setattr(Corrector, "from_checkpoint", classmethod(from_checkpoint))
@@ -74,7 +74,7 @@ def test_a_failure_leaves_the_file_as_it_was(tmp_path, capsys, monkeypatch):
             return super().forward(*args, **kwargs)
 
     made = Corrector(Failing(FIXES), scripted(FIXES).tokenizer, device="cpu")
-    monkeypatch.setattr(Corrector, "from_checkpoint", classmethod(lambda cls, path, device=None, guard=True, chooser=True: made))
+    monkeypatch.setattr(Corrector, "from_checkpoint", classmethod(lambda cls, path, device=None, guard=True, **options: made))
     path = tmp_path / "a.txt"
     path.write_text(DOCUMENT, encoding="utf-8", newline="")
     assert main(["correct", "--checkpoint", "run", "--file", str(path), "--in-place"]) == 2

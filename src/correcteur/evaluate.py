@@ -74,10 +74,11 @@ def evaluate(config: EvalConfig) -> dict:
     seconds = time.perf_counter() - start
 
     systems = {"model": answered, "copy": copy_baseline(entries)}
-    if corrector.chooser is not None and corrector.guard is not None:  # the generative corrector's own row
+    chooser = getattr(corrector, "chooser", None)
+    if chooser is not None and corrector.guard is not None:  # the generative corrector's own row
         systems["model, generative (guarded)"] = [{**e, "model_response": join_parts(response_parts(e), corrector.guard)}
                                                  for e in answered]
-    if config.guard or corrector.chooser is not None:
+    if config.guard or chooser is not None:
         systems["model (no guard)"] = [{**e, "model_response": e["raw_response"]} for e in answered]
     if config.base_model and meta.get("base", {}).get("pretrained"):
         systems["base model"] = base_model_responses(meta, entries, out, config)
@@ -89,8 +90,8 @@ def evaluate(config: EvalConfig) -> dict:
     model_scores = scores.pop("model")
     report = {"config": dataclasses.asdict(config), "checkpoint_meta": _plain(meta),
               "guard": dataclasses.asdict(corrector.guard.config) if corrector.guard else None,
-              "chooser": ({**dataclasses.asdict(corrector.chooser.config), "described": corrector.chooser.description}
-                          if corrector.chooser else None),
+              "chooser": ({**dataclasses.asdict(chooser.config), "described": chooser.description}
+                          if chooser else None),
               "guard_tuned": (checkpoint_folder(config.checkpoint) / GUARD_FILE).is_file(),
               "n": len(entries), "seconds_responding": round(seconds, 1),
               "model": model_scores, "baselines": scores,
