@@ -92,10 +92,22 @@ def overrules(answered: list[dict], rules: list[dict]) -> tuple[list[dict], list
     return right, wrong
 
 
-def example_lines(rows: list[dict]) -> list[str]:
+def example_lines(rows: list[dict], quote: bool) -> list[str]:
+    """Table rows of examples: the sentences themselves when they are ours to print (`quote`),
+    else the line of the file and its rule, so that LanguageTool's sentences stay in their file."""
+    if not quote:
+        return [f"| line {r['line']} ({r.get('rule', '?')}) | {changed(r, 'grammalecte')} | "
+                f"{changed(r, 'model_response')} | |" for r in rows[:EXAMPLES]]
     cell = lambda text: text.replace("|", "\\|")  # noqa: E731
     return [f"| {cell(r['input'])} | {cell(r['grammalecte'])} | {cell(r['model_response'])} | {cell(r['output'])} |"
             for r in rows[:EXAMPLES]]
+
+
+def changed(row: dict, key: str) -> str:
+    """Whether the system's answer is the reference, the input, or something else."""
+    if normalize(row[key]) == normalize(row["output"]):
+        return "the reference"
+    return "left as it was" if normalize(row[key]) == normalize(row["input"]) else "another text"
 
 
 def latency(corrector: Corrector, repeats: int) -> float:
@@ -127,7 +139,7 @@ def main() -> None:
     sections = []
     for name, path, limit, key in (("LanguageTool's French rule examples", args.lt, None, "lt"),
                                    ("the project's test split", args.test, args.test_limit, "test")):
-        entries = usable_entries(load_entries(path)[:limit], path)
+        entries = [{**e, "line": i + 2} for i, e in enumerate(usable_entries(load_entries(path)[:limit], path))]
         start = time.perf_counter()
         answered = respond(corrector, entries, cache / f"{key}_answers.json", batch_size=32)
         weighings = weighed(scorer, answered, cache / f"{key}_{scorer_name}.pkl")
@@ -150,12 +162,15 @@ def main() -> None:
         right, wrong = overrules(chosen, rules)
         sections += [f"### {name} ({len(entries)} entries; {minutes:.1f} min for this run, weighings reused "
                      "when cached)", "",
-                     "`model`: the chooser. ```", table, "```", "",
+                     "`model`: the chooser.", "", "```", table, "```", "",
                      f"Where the chooser's answer differs from Grammalecte's first suggestion: the chooser came "
-                     f"closer to the reference {len(right)} times, Grammalecte {len(wrong)} times.", "",
+                     f"closer to the reference {len(right)} times, Grammalecte {len(wrong)} times."
+                     + ("" if key == "test" else " LanguageTool's sentences are not reprinted here (LGPL; they stay in "
+                        "../shared/heldout/lt_fr.tsv): each example names its line and rule, and what each system gave."),
+                     "",
                      "| input | Grammalecte | chooser | reference |", "|---|---|---|---|",
-                     "| **the chooser was right** | | | |", *example_lines(right),
-                     "| **the chooser was wrong** | | | |", *example_lines(wrong), ""]
+                     "| **the chooser was right** | | | |", *example_lines(right, key == "test"),
+                     "| **the chooser was wrong** | | | |", *example_lines(wrong, key == "test"), ""]
         print(table, flush=True)
     if config is None:
         return
