@@ -28,22 +28,21 @@ from bench_latency import SENTENCE
 from results import command_line, write_section
 from tqdm import tqdm
 
-from correcteur.baselines import copy_baseline, grammalecte_correct
 from correcteur.choose import (
     SOURCES,
     Weighing,
     apply_candidates,
     choose,
-    clusters,
     load_chooser_config,
     make_scorer,
     proposals,
 )
 from correcteur.correct import Corrector
+from correcteur.evaluate import answer_rows, grammalecte_rows
 from correcteur.files import load_entries
-from correcteur.metrics import entry_stats, format_table, normalize, score_entries
-from correcteur.respond import respond, response_parts, usable_entries
-from correcteur.textdiff import join_parts
+from correcteur.metrics import format_table, normalize, score_entries
+from correcteur.respond import respond, usable_entries
+from correcteur.textdiff import levenshtein
 
 LT_FILE = Path(__file__).resolve().parents[2] / "shared" / "heldout" / "lt_fr.tsv"
 EXAMPLES = 10
@@ -66,15 +65,9 @@ def weighed(scorer, entries: list[dict], cache: Path) -> list[Weighing]:
 
 
 def replayed(weighing: Weighing, config) -> str:
-    """The chooser's answer: its candidates narrowed to the sources `config` turns on, as
-    `Chooser.weigh` proposes them, with the margins already measured."""
-    keep = [i for i, c in enumerate(weighing.found) if config.margins.get(c.source) is not None]
-    narrowed = Weighing.__new__(Weighing)
-    narrowed.scorer, narrowed.text, narrowed._scores = weighing.scorer, weighing.text, weighing._scores
-    narrowed.found = [weighing.found[i] for i in keep]
-    narrowed.margins = [weighing.margins[i] for i in keep]
-    narrowed.groups = clusters(narrowed.found)
-    return apply_candidates(weighing.text, [c.candidate for c in choose(narrowed, config)])
+    """The chooser's answer, from the margins already measured for every source."""
+    chosen = choose(weighing.narrowed(config.sources()), config)
+    return apply_candidates(weighing.text, [c.candidate for c in chosen])
 
 
 def overrules(answered: list[dict], rules: list[dict]) -> tuple[list[dict], list[dict]]:
@@ -82,13 +75,12 @@ def overrules(answered: list[dict], rules: list[dict]) -> tuple[list[dict], list
     who came closer to the reference: the chooser (it was right to overrule) or Grammalecte."""
     right, wrong = [], []
     for entry, rule in zip(answered, rules, strict=True):
-        if normalize(entry["model_response"]) == normalize(rule["model_response"]):
+        ours, theirs, reference = (normalize(t) for t in (entry["model_response"], rule["model_response"], entry["output"]))
+        if ours == theirs:
             continue
-        source, reference = normalize(entry["input"]), normalize(entry["output"])
-        ours = entry_stats(source, reference, normalize(entry["model_response"])).response_distance
-        theirs = entry_stats(source, reference, normalize(rule["model_response"])).response_distance
         row = {**entry, "grammalecte": rule["model_response"]}
-        (right if ours < theirs else wrong if ours > theirs else []).append(row)
+        ours_off, theirs_off = levenshtein(ours, reference), levenshtein(theirs, reference)
+        (right if ours_off < theirs_off else wrong if ours_off > theirs_off else []).append(row)
     return right, wrong
 
 
@@ -147,16 +139,8 @@ def main() -> None:
             print(f"{name}: weighed into {cache}; tune the chooser (`correcteur choose`), then run again")
             continue
         chosen = [{**e, "model_response": replayed(w, config)} for e, w in zip(answered, weighings, strict=True)]
-        rules = [{**e, "model_response": grammalecte_correct(e["input"])} for e in entries]
-        systems = {
-            "copy": copy_baseline(entries),
-            "model, generative (guarded)": [{**e, "model_response": join_parts(response_parts(e), corrector.guard)}
-                                            for e in answered],
-            "model (no guard)": [{**e, "model_response": e["raw_response"]} for e in answered],
-            "grammalecte": rules,
-            "grammalecte (grammar rules only)": [{**e, "model_response": grammalecte_correct(e["input"], True)}
-                                                 for e in entries],
-        }
+        systems = {**answer_rows(entries, answered, corrector.guard, chooser=True), **grammalecte_rows(entries)}
+        rules = systems["grammalecte"]
         table = format_table(score_entries(chosen), {k: score_entries(v) for k, v in systems.items()})
         minutes = (time.perf_counter() - start) / 60
         right, wrong = overrules(chosen, rules)

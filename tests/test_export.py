@@ -11,9 +11,16 @@ import gguf
 import pytest
 import torch
 from test_hf_models import save_tiny_directory
-from test_llama import FRENCH, HELD_OUT, REAL_GGUF, random_french_strings, tiny_hf, write_gguf
+from test_llama import (
+    FRENCH,
+    HELD_OUT,
+    REAL_GGUF,
+    random_french_strings,
+    tiny_hf,
+    trained_smollm_style_bpe,
+    write_gguf,
+)
 from test_train import PAIRS, single_thread, tiny_config, write_data  # noqa: F401 - autouse fixture
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from correcteur import weights
 from correcteur.checkpoint import inference_state, load_for_inference, save_checkpoint
@@ -110,17 +117,7 @@ def test_llama_family_run_exports_to_its_transformers_class(tmp_path, kind, arch
 def gguf_base(tmp_path_factory):
     """A tiny Llama with a 300-token SmolLM2-style tokenizer, in a GGUF file as llama.cpp writes
     SmolLM2's: the route of the CPU base model, whose tokenizer has no tokenizer.json."""
-    ref = Tokenizer(models.BPE())
-    ref.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
-                                                 pre_tokenizers.ByteLevel(add_prefix_space=False)])
-    ref.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=300, show_progress=False,
-                                  special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    ref.train_from_iterator(FRENCH * 3, trainer)
-    vocab = ref.get_vocab()
-    tokens = sorted(vocab, key=vocab.get)
-    merges = [m if isinstance(m, str) else " ".join(m) for m in json.loads(ref.to_str())["model"]["merges"]]
+    _, tokens, merges = trained_smollm_style_bpe(300)
     path = tmp_path_factory.mktemp("gguf-base") / "tiny.gguf"
     write_gguf(path, tiny_hf("llama"), "llama", {"tokens": tokens, "merges": merges,
                                                  "types": [3, 3, 3] + [1] * (len(tokens) - 3)})

@@ -213,20 +213,27 @@ def random_french_strings(n: int, seed: int) -> list[str]:
     return ["".join(rng.choice(alphabet) for _ in range(rng.randint(0, 40))) for _ in range(n)]
 
 
-@pytest.fixture(scope="module")
-def trained_tokenizer_gguf(tmp_path_factory):
-    """A small BPE trained here on French, stored in a GGUF file the way llama.cpp stores SmolLM2's."""
+def trained_smollm_style_bpe(vocab_size: int) -> tuple[Tokenizer, list[str], list[str]]:
+    """A byte-level BPE of `vocab_size` trained here on French, shaped like SmolLM2's (digits
+    split, SmolLM2's three special tokens first), with its tokens in id order and its merges."""
     ref = Tokenizer(models.BPE())
     ref.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
                                                  pre_tokenizers.ByteLevel(add_prefix_space=False)])
     ref.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=420, show_progress=False,
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, show_progress=False,
                                   special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     ref.train_from_iterator(FRENCH * 3, trainer)
     vocab = ref.get_vocab()
     tokens = sorted(vocab, key=vocab.get)
     merges = [m if isinstance(m, str) else " ".join(m) for m in json.loads(ref.to_str())["model"]["merges"]]
+    return ref, tokens, merges
+
+
+@pytest.fixture(scope="module")
+def trained_tokenizer_gguf(tmp_path_factory):
+    """A small BPE trained here on French, stored in a GGUF file the way llama.cpp stores SmolLM2's."""
+    ref, tokens, merges = trained_smollm_style_bpe(420)
     path = tmp_path_factory.mktemp("tok") / "tiny.gguf"
     hf = tiny_hf("llama")
     tokenizer = {"tokens": tokens, "merges": merges, "types": [3, 3, 3] + [1] * (len(tokens) - 3)}

@@ -32,7 +32,7 @@ from correcteur.files import write_json
 from correcteur.guard import checkpoint_folder
 from correcteur.scoring import HFSentenceScorer, ResponseScorer, Scorer
 from correcteur.textdiff import typo_distance
-from correcteur.weights import load_base_model, load_gemma
+from correcteur.weights import load_gemma, load_recorded_base
 
 CHOOSER_FILE = "choose.json"
 SOURCE_NAMES = {"grammar": "grammalecte", "speller": "grammalecte (orthographe)", "lexicon": "lexique",
@@ -94,12 +94,18 @@ class Weighing:
     """One text, its candidates, and the scorer's score of every sentence asked of it (each
     scored once: tuning replays hundreds of settings on the same weighings)."""
 
-    def __init__(self, scorer: Scorer, text: str, found: list[Candidate]):
+    def __init__(self, scorer: Scorer, text: str, found: list[Candidate], scores: dict[str, float] | None = None):
         self.scorer, self.text, self.found = scorer, text, found
-        self._scores: dict[str, float] = {}
-        self.score([c.apply(text) for c in found])
-        self.margins = [self._scores[c.apply(text)] - self._scores[text] for c in found]
+        self._scores: dict[str, float] = {} if scores is None else scores  # shared with a wider weighing
+        alone = [c.apply(text) for c in found]
+        self.score(alone)
+        self.margins = [self._scores[t] - self._scores[text] for t in alone]
         self.groups = clusters(found)
+
+    def narrowed(self, sources: tuple[str, ...]) -> Weighing:
+        """This weighing with only the candidates of `sources`, as `Chooser.weigh` would have
+        proposed them, reusing every score (a candidate's margin does not depend on the others)."""
+        return Weighing(self.scorer, self.text, [c for c in self.found if c.source in sources], self._scores)
 
     def score(self, texts: list[str]) -> None:
         todo = [t for t in dict.fromkeys([self.text, *texts]) if t not in self._scores]
@@ -201,7 +207,7 @@ def make_scorer(name: str, model: torch.nn.Module, tokenizer, meta: dict) -> Sco
     if name == "finetuned":
         return ResponseScorer(model, tokenizer, style, prefix, name="finetuned")
     if name == "base":
-        base, base_tokenizer, _ = load_base_model(meta["model_name"])
+        base, base_tokenizer, _ = load_recorded_base(meta)
         return ResponseScorer(base.to(next(model.parameters()).device).eval(), base_tokenizer, style, prefix,
                               name=f"{meta['model_name']} (base)")
     if name == "gemma":

@@ -4,7 +4,7 @@ Every validation entry is weighed once (its candidates scored by the judge); the
 replayed on those scores. The margins are searched one source at a time (coordinate ascent,
 two rounds): a full grid over eight sources would be millions of settings. A setting is
 eligible when harm and clean-text preservation meet their targets one standard error inside
-their bounds (`guard_tuning.wilson_bounds`), and the eligible one with the best error reduction
+their bounds (`guard_tuning.meets_targets`), and the eligible one with the best error reduction
 wins. Scoring the winners together (`joint`) is decided last, on the margins found without it,
 since each new combination of winners costs the judge a batch.
 """
@@ -31,7 +31,7 @@ from correcteur.correct import Corrector
 from correcteur.errors import UserError
 from correcteur.files import load_entries, run_lock, write_json
 from correcteur.guard import checkpoint_folder
-from correcteur.guard_tuning import wilson_bounds
+from correcteur.guard_tuning import meets_targets
 from correcteur.metrics import EntryStats, aggregate, entry_stats, entry_texts
 from correcteur.respond import respond, usable_entries
 from correcteur.scoring import Scorer
@@ -67,12 +67,6 @@ class Replay:
         return aggregate(stats)
 
 
-def meets(scores: dict, max_harm: float, min_clean: float, z: float) -> bool:
-    harm_ok = wilson_bounds(scores["harm_rate"] or 0.0, scores["n"], z)[1] <= max_harm
-    return harm_ok and (scores["clean_preserved"] is None or
-                        wilson_bounds(scores["clean_preserved"], scores["n_clean"], z)[0] >= min_clean)
-
-
 def tune_chooser(replay: Replay, sources: tuple[str, ...] = SOURCES, scorer: str = "finetuned",
                  max_harm: float = MAX_HARM, min_clean: float = MIN_CLEAN, z: float = 1.0,
                  grid: tuple[float | None, ...] = MARGIN_GRID, rounds: int = 2) -> tuple[ChooserConfig, list[dict]]:
@@ -86,7 +80,7 @@ def tune_chooser(replay: Replay, sources: tuple[str, ...] = SOURCES, scorer: str
     def trial(margins: dict, joint: bool) -> dict:
         config = ChooserConfig(margins=dict(margins), joint=joint, scorer=scorer)
         s = replay.scores(config)
-        row = {"margins": dict(margins), "joint": joint, "meets_targets": meets(s, max_harm, min_clean, z),
+        row = {"margins": dict(margins), "joint": joint, "meets_targets": meets_targets(s, max_harm, min_clean, z),
                **{k: s[k] for k in ("error_reduction", "harm_rate", "clean_preserved", "exact_match", "n", "n_clean")}}
         tried.append(row)
         return row

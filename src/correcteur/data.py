@@ -36,14 +36,13 @@ from tqdm import tqdm
 
 from correcteur.augment import AugmentConfig, Lexicon, augment_sentence, french_lexicon
 from correcteur.errors import UserError
-from correcteur.files import sha256_of, write_json
+from correcteur.files import CSV_FIELD_LIMIT, sha256_of, write_json
 from correcteur.prompt import HF_PREFIX, INSTRUCTION, build_prompt, check_style
 from correcteur.tokenizer import get_tokenizer
 
 HF_DATASET = "fdemelo/spelling-correction-french-news"
 CORPUS_DIR = Path(__file__).parent / "corpus"  # package data: found where the package is installed
 SPLIT_SHARES = {"train": 0.85, "test": 0.10, "val": 0.05}  # as in the seed project
-CSV_FIELD_LIMIT = 2**31 - 1  # the csv module's default (128 KiB per field) refuses long texts
 SPLIT_FILES = {"train": "train.json", "val": "val.json", "test": "test.json"}
 # Text shaped like a model's control tokens (<|endoftext|>, SmolLM2's <|im_end|>, ...): such
 # rows are dropped, since tokenizers refuse them and a model must never learn to write them.

@@ -26,7 +26,7 @@ from correcteur.judge import check_server, generate_model_scores, summarize_scor
 from correcteur.metrics import format_table, plot_error_types, score_entries
 from correcteur.respond import respond, response_parts, usable_entries
 from correcteur.textdiff import join_parts
-from correcteur.weights import find_base, load_base_model
+from correcteur.weights import load_recorded_base
 
 
 @dataclass
@@ -55,6 +55,25 @@ def grammalecte_responses(entries: list[dict], grammar_only: bool = False) -> li
             for e in tqdm(entries, desc="grammalecte", unit="entry", disable=None)]
 
 
+def grammalecte_rows(entries: list[dict]) -> dict[str, list[dict]]:
+    """Grammalecte's first suggestion for every error it flags, and for its grammar rules only."""
+    return {"grammalecte": grammalecte_responses(entries),
+            "grammalecte (grammar rules only)": grammalecte_responses(entries, grammar_only=True)}
+
+
+def answer_rows(entries: list[dict], answered: list[dict], guard, chooser: bool, raw: bool = True
+                ) -> dict[str, list[dict]]:
+    """The rows every report sets beside the corrector's: the copy baseline, the generative
+    corrector's own guarded answers (when a chooser answered instead), and the model's raw ones."""
+    rows = {"copy": copy_baseline(entries)}
+    if chooser and guard is not None:
+        rows["model, generative (guarded)"] = [{**e, "model_response": join_parts(response_parts(e), guard)}
+                                               for e in answered]
+    if raw:
+        rows["model (no guard)"] = [{**e, "model_response": e["raw_response"]} for e in answered]
+    return rows
+
+
 def evaluate(config: EvalConfig) -> dict:
     """Respond, score the model and the baselines, write report.json, report.md and figures."""
     entries = usable_entries(load_entries(config.test)[: config.limit], config.test)
@@ -73,18 +92,13 @@ def evaluate(config: EvalConfig) -> dict:
     answered = respond(corrector, entries, out / "responses.json", config.batch_size)
     seconds = time.perf_counter() - start
 
-    systems = {"model": answered, "copy": copy_baseline(entries)}
     chooser = getattr(corrector, "chooser", None)
-    if chooser is not None and corrector.guard is not None:  # the generative corrector's own row
-        systems["model, generative (guarded)"] = [{**e, "model_response": join_parts(response_parts(e), corrector.guard)}
-                                                 for e in answered]
-    if config.guard or chooser is not None:
-        systems["model (no guard)"] = [{**e, "model_response": e["raw_response"]} for e in answered]
+    systems = {"model": answered, **answer_rows(entries, answered, corrector.guard, chooser is not None,
+                                                raw=config.guard or chooser is not None)}
     if config.base_model and meta.get("base", {}).get("pretrained"):
         systems["base model"] = base_model_responses(meta, entries, out, config)
     if config.grammalecte and grammalecte_checker() is not None:
-        systems["grammalecte"] = grammalecte_responses(entries)
-        systems["grammalecte (grammar rules only)"] = grammalecte_responses(entries, grammar_only=True)
+        systems.update(grammalecte_rows(entries))
 
     scores = {name: score_entries(answers) for name, answers in systems.items()}
     model_scores = scores.pop("model")
@@ -107,7 +121,7 @@ def evaluate(config: EvalConfig) -> dict:
 
 def base_model_responses(meta: dict, entries: list[dict], out: Path, config: EvalConfig) -> list[dict]:
     """The seed's comparison: the same prompt answered by the model before fine-tuning."""
-    model, tokenizer, _ = load_base_model(find_base(meta.get("base") or {"name": meta["model_name"]}))
+    model, tokenizer, _ = load_recorded_base(meta)
     corrector = Corrector(model, tokenizer, prompt_style=meta.get("prompt_style", "alpaca"),
                           device=config.device, name=f"{meta['model_name']} (base)", batch_size=config.batch_size,
                           input_prefix=meta.get("input_prefix", ""), decoding=config.decoding)

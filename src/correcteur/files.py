@@ -105,6 +105,7 @@ def write_json(path: str | Path, data) -> Path:
     return atomic_write(path, lambda file: file.write(text.encode("utf-8")))
 
 
+CSV_FIELD_LIMIT = 2**31 - 1  # the csv module's default (128 KiB per field) refuses long texts
 PAIR_SUFFIXES = {".tsv": "\t", ".csv": ","}
 TARGET_COLUMNS = ("target", "output")
 
@@ -113,7 +114,7 @@ def load_pairs(path: Path) -> list[dict]:
     """Entries from a TSV or CSV file of (input, target) pairs: a header row names `input` and
     `target` (or `output`); a `type` column becomes the entry's error type (`clean`, or a row
     whose target equals its input, has none). Other columns are kept as they are."""
-    csv.field_size_limit(2**31 - 1)  # the default (128 KiB a field) refuses long texts
+    csv.field_size_limit(CSV_FIELD_LIMIT)
     with open(path, encoding="utf-8", newline="") as f:
         rows = list(csv.DictReader(f, delimiter=PAIR_SUFFIXES[path.suffix.lower()]))
     header = set(rows[0]) if rows else set()

@@ -43,6 +43,14 @@ def wilson_bounds(share: float, n: int, z: float) -> tuple[float, float]:
     return (center - spread) / (1 + z * z / n), (center + spread) / (1 + z * z / n)
 
 
+def meets_targets(scores: dict, max_harm: float, min_clean: float, z: float) -> bool:
+    """Whether harm and clean-text preservation meet their targets `z` standard errors inside
+    their bounds (a split without clean sentences has no clean target to miss)."""
+    harm_ok = wilson_bounds(scores["harm_rate"] or 0.0, scores["n"], z)[1] <= max_harm
+    return harm_ok and (scores["clean_preserved"] is None or
+                        wilson_bounds(scores["clean_preserved"], scores["n_clean"], z)[0] >= min_clean)
+
+
 RATIOS = (0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0)
 MARGINS = (-2.0, -1.0, 0.0, 0.5, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0)
 STRETCH_EDITS = (None, 1, 2, 3)
@@ -108,13 +116,8 @@ def tune_guard(guard: Guard, entries: list[dict], max_harm: float = 0.05, min_cl
         results.append({**dataclasses.asdict(config), **{k: scores[k] for k in (
             "error_reduction", "harm_rate", "clean_preserved", "exact_match", "n", "n_clean")}})
 
-    def meets(r: dict) -> bool:
-        harm_ok = wilson_bounds(r["harm_rate"] or 0.0, r["n"], z)[1] <= max_harm
-        return harm_ok and (r["clean_preserved"] is None or
-                            wilson_bounds(r["clean_preserved"], r["n_clean"], z)[0] >= min_clean)
-
     for r in results:
-        r["meets_targets"] = meets(r)
+        r["meets_targets"] = meets_targets(r, max_harm, min_clean, z)
     eligible = [r for r in results if r["meets_targets"]]
     best = (max(eligible, key=lambda r: r["error_reduction"] or 0.0) if eligible
             else min(results, key=lambda r: (r["harm_rate"] or 0.0, -(r["error_reduction"] or 0.0))))

@@ -199,6 +199,12 @@ def weights_sha256(path: str | Path) -> str:
     return hashlib.sha256("".join(f"{f.name} {sha256_of(f)}\n" for f in files).encode()).hexdigest()
 
 
+def load_recorded_base(meta: dict) -> tuple[torch.nn.Module, object, dict]:
+    """The base model a checkpoint was fine-tuned from (`meta["base"]`, or its model name in
+    older checkpoints), found again as `find_base` finds it."""
+    return load_base_model(find_base(meta.get("base") or {"name": meta["model_name"]}))
+
+
 def find_base(base: dict, models_dir: str | Path = CHECKPOINTS_DIR) -> str:
     """What to give `load_base_model` for the base a checkpoint recorded (`meta["base"]`): a
     registered name as it is; a local directory found again by its name and weights' sha256,
