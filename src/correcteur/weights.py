@@ -595,9 +595,11 @@ def load_gemma(models_dir: str | Path = CHECKPOINTS_DIR) -> tuple[torch.nn.Modul
     is not one the package reimplements, and its 262k-entry tokenizer takes a minute to build
     from the GGUF: both are converted once into a Hugging Face folder beside it."""
     try:
+        import accelerate  # noqa: F401  (transformers reads a GGUF file only with it)
         from transformers import AutoModelForCausalLM, AutoTokenizer
     except ImportError:
-        raise UserError("gemma-3-270m is loaded with transformers: pip install 'transformers>=4.50' accelerate") from None
+        raise UserError("gemma-3-270m is loaded with transformers and accelerate "
+                        "(both in requirements.txt): pip install 'transformers>=4.50' accelerate") from None
     path = gemma_gguf_path(models_dir)
     converted = path.parent / "hf"
     start = time.perf_counter()
