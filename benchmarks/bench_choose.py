@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import pickle
 import platform
 import statistics
 import time
@@ -26,7 +25,6 @@ from pathlib import Path
 import torch
 from bench_latency import SENTENCE
 from results import command_line, write_section
-from tqdm import tqdm
 
 from correcteur.choose import (
     SOURCES,
@@ -35,8 +33,8 @@ from correcteur.choose import (
     choose,
     load_chooser_config,
     make_scorer,
-    proposals,
 )
+from correcteur.choose_tuning import save_weighings, weigh_entries, weighing_key
 from correcteur.correct import Corrector
 from correcteur.evaluate import answer_rows, grammalecte_rows
 from correcteur.files import load_entries
@@ -46,22 +44,6 @@ from correcteur.textdiff import levenshtein
 
 LT_FILE = Path(__file__).resolve().parents[2] / "shared" / "heldout" / "lt_fr.tsv"
 EXAMPLES = 10
-
-
-def weighed(scorer, entries: list[dict], cache: Path) -> list[Weighing]:
-    """Every entry's candidates from every source, scored, from `cache` when it holds them."""
-    if cache.exists():
-        weighings = pickle.loads(cache.read_bytes())
-    else:
-        weighings = [Weighing(scorer, e["input"], proposals(e["input"], e["raw_response"], SOURCES))
-                     for e in tqdm(entries, desc="weighing", unit="entry")]
-        for w in weighings:
-            w.scorer = None  # the model is not pickled
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        cache.write_bytes(pickle.dumps(weighings))
-    for w in weighings:
-        w.scorer = scorer
-    return weighings
 
 
 def replayed(weighing: Weighing, config) -> str:
@@ -134,11 +116,13 @@ def main() -> None:
         entries = [{**e, "line": i + 2} for i, e in enumerate(usable_entries(load_entries(path)[:limit], path))]
         start = time.perf_counter()
         answered = respond(corrector, entries, cache / f"{key}_answers.json", batch_size=32)
-        weighings = weighed(scorer, answered, cache / f"{key}_{scorer_name}.pkl")
+        stored = cache / f"{key}_{scorer_name}.pkl"
+        weighings = weigh_entries(scorer, answered, SOURCES, stored)
         if config is None:
             print(f"{name}: weighed into {cache}; tune the chooser (`correcteur choose`), then run again")
             continue
         chosen = [{**e, "model_response": replayed(w, config)} for e, w in zip(answered, weighings, strict=True)]
+        save_weighings(weighings, weighing_key(scorer, answered, SOURCES), stored)  # with the combinations scored
         systems = {**answer_rows(entries, answered, corrector.guard, chooser=True), **grammalecte_rows(entries)}
         rules = systems["grammalecte"]
         table = format_table(score_entries(chosen), {k: score_entries(v) for k, v in systems.items()})

@@ -162,6 +162,62 @@ def against_transformers(prompts: list[list[int]], new_tokens: int, repeats: int
         f"Prompts whose tokens differ from ours greedy: {differing}.")
 
 
+def against_transformers_trained(corrector: Corrector, texts: list[str], repeats: int) -> str:
+    """The trained corrector's own weights, exported with `export_hf` and loaded by
+    `transformers` (LlamaForCausalLM for SmolLM2): prompt lookup against our speculative
+    decoding on the same prompts, each alone, to end-of-text, the answers asserted identical."""
+    from transformers import AutoModelForCausalLM
+
+    from correcteur.export import export_hf
+
+    model, tokenizer, meta = corrector.model, corrector.tokenizer, corrector.meta
+    with tempfile.TemporaryDirectory() as folder:
+        export_hf(model, tokenizer, meta, folder)
+        hf = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    eot = tokenizer.eot_token
+    stops = sorted(getattr(tokenizer, "special_ids", {eot}))
+    jobs = []
+    for text in texts:
+        prompt = correction_prompt(text, corrector.prompt_style, corrector.input_prefix)
+        source = tokenizer.encode(text)
+        jobs.append((torch.tensor([tokenizer.encode(prompt)]), source, int(corrector.max_new_tokens_factor * len(source)) + 8))
+    hf_options = {"do_sample": False, "eos_token_id": stops, "pad_token_id": eot}
+    runs = {
+        "transformers generate(prompt_lookup_num_tokens=10)": lambda p, s, n: hf.generate(
+            p, max_new_tokens=n, prompt_lookup_num_tokens=10, attention_mask=torch.ones_like(p), **hf_options),
+        "transformers generate (greedy)": lambda p, s, n: hf.generate(
+            p, max_new_tokens=n, attention_mask=torch.ones_like(p), **hf_options),
+        "ours generate_speculative": lambda p, s, n: generate_speculative(
+            model, p, n, model.context_length, sources=[s], eos_id=eot, stop_ids=set(stops)),
+        "ours generate (greedy, KV cache)": lambda p, s, n: generate(
+            model, p, n, model.context_length, eos_id=eot, stop_ids=set(stops)),
+    }
+
+    def answer(out: torch.Tensor, prompt: torch.Tensor) -> list[int]:
+        row = out[0, prompt.shape[1]:].tolist()
+        end = next((i for i, t in enumerate(row) if t in stops), len(row))
+        return row[:end + 1]
+
+    lines = ["| decoding | prompts | new tokens | seconds (best) | tokens/s |", "|---|---:|---:|---:|---:|"]
+    outputs, speed = {}, {}
+    with torch.no_grad():
+        for name, run in runs.items():
+            def every(run=run):
+                return [answer(run(p, s, n), p) for p, s, n in jobs]
+            outputs[name], times = timed(every, repeats)
+            tokens = sum(map(len, outputs[name]))
+            speed[name] = tokens / min(times)
+            lines.append(f"| {name} | {len(jobs)} | {tokens} | {min(times):.2f} | {speed[name]:.1f} |")
+            print(lines[-1], flush=True)
+    reference = outputs["ours generate (greedy, KV cache)"]
+    differing = {name: sum(a != b for a, b in zip(out, reference, strict=True)) for name, out in outputs.items()}
+    names = list(runs)
+    return "\n".join(lines) + (
+        f"\n\nOurs speculative / transformers prompt lookup: **{speed[names[2]] / speed[names[0]]:.2f}×** tokens/s "
+        f"(ours greedy / transformers greedy: {speed[names[3]] / speed[names[1]]:.2f}×). "
+        f"Answers that differ from ours greedy: {differing}.")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="gpt2-small", help="GPT-2 size of the random model")
@@ -170,7 +226,9 @@ def main() -> None:
                         "the transformers table")
     parser.add_argument("--sentences", type=int, default=400, help="test entries for the throughput table")
     parser.add_argument("--batch-size", type=int, default=32, help="sentences generated together there")
-    parser.add_argument("--hf-prompts", type=int, default=4, help="prompts for the transformers table")
+    parser.add_argument("--hf-prompts", type=int, default=4, help="prompts for the random-weights transformers table")
+    parser.add_argument("--hf-sentences", type=int, default=16,
+                        help="sentences for the trained-weights transformers table (with --checkpoint)")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per row (after a warm-up)")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads (default: torch's); on cores other work shares, 1 waits least")
@@ -198,6 +256,12 @@ def main() -> None:
                for text in [SENTENCE, *(e["input"] for e in (load_entries(args.test)[:args.hf_prompts - 1]
                                                              if args.test else []))]]
     hf_table = against_transformers(prompts, 48, max(1, args.repeats - 1), args.seed)
+    if args.checkpoint:
+        texts = [SENTENCE, *(e["input"] for e in (load_entries(args.test)[:args.hf_sentences - 1] if args.test else []))]
+        trained_table = against_transformers_trained(corrector, texts, max(1, args.repeats - 1))
+        sections.append(f"Against `transformers` on the trained weights ({corrector.name}, exported by `export_hf` "
+                        f"and loaded as a Hugging Face model; the sentence and {len(texts) - 1} test entries, each "
+                        f"alone, to end-of-text):\n\n{trained_table}")
 
     body = "\n\n".join([
         f"On {platform.machine()}, {os.cpu_count()} CPU cores shared with other work of the session, "

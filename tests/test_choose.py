@@ -29,7 +29,8 @@ from correcteur.choose import (
     load_chooser_config,
     save_chooser_config,
 )
-from correcteur.choose_tuning import Replay, tune_chooser
+from correcteur.choose_tuning import EVERYDAY_ERRORS, Replay, save_weighings, tune_chooser
+from correcteur.data import load_embedded
 from correcteur.errors import UserError
 from correcteur.files import load_entries
 from correcteur.model import GPTModel
@@ -221,13 +222,33 @@ def test_the_best_candidate_of_each_cluster_wins_if_it_reaches_its_margin():
     assert [c.candidate.replacement for c in choose(weighing, config)] == ["mangez", "à Paris"]
 
 
-def test_joint_scoring_drops_an_edit_that_loses_its_margin_beside_the_others():
+def test_joint_scoring_takes_the_best_edit_first_and_drops_one_that_loses_its_margin_after_it():
     found = [candidate("manger", "mangé", "grammar"), candidate("a Paris", "à Paris", "homophone")]
     table = {SOURCE: -20.0, "Il a mangé a Paris.": -15.0, "Il a manger à Paris.": -17.0,
              "Il a mangé à Paris.": -14.0}  # beside "mangé", "à" only wins 1 nat
     config = ChooserConfig(margins={"grammar": 0.0, "homophone": 2.0}, joint=True)
     chosen = choose(Weighing(TableScorer(table), SOURCE, found), config)
-    assert [(c.candidate.replacement, c.margin) for c in chosen] == [("mangé", 3.0)]
+    assert [(c.candidate.replacement, c.margin) for c in chosen] == [("mangé", 5.0)]
+    config.margins["homophone"] = 0.5  # now it wins its margin beside "mangé": 1 nat
+    chosen = choose(Weighing(TableScorer(table), SOURCE, found), config)
+    assert [(c.candidate.replacement, c.margin) for c in chosen] == [("mangé", 5.0), ("à Paris", 1.0)]
+
+
+def test_joint_scoring_keeps_one_of_two_edits_that_fix_the_same_error_twice():
+    text = "Il à quitté Paris."
+    found = [candidate("à", "a", "grammar", text), candidate("quitté", "quitter", "grammar", text)]
+    table = {text: -20.0, "Il a quitté Paris.": -12.0, "Il à quitter Paris.": -17.0,
+             "Il a quitter Paris.": -16.0}
+    both_alone = choose(Weighing(TableScorer(table), text, found), ChooserConfig(margins={"grammar": 1.0}, joint=False))
+    assert apply_candidates(text, [c.candidate for c in both_alone]) == "Il a quitter Paris."
+    config = ChooserConfig(margins={"grammar": 1.0}, joint=True)
+    chosen = choose(Weighing(TableScorer(table), text, found), config)
+    assert [(c.candidate.replacement, c.margin) for c in chosen] == [("a", 8.0)]
+    # the margin is asked of the surplus: with a larger margin for its source, a smaller gain goes first
+    found[1] = Candidate(found[1].start, found[1].end, "quitter", "variant")
+    config = ChooserConfig(margins={"grammar": 7.5, "variant": 0.0}, joint=True)
+    chosen = choose(Weighing(TableScorer(table), text, found), config)
+    assert [(c.candidate.replacement, c.margin) for c in chosen] == [("quitter", 3.0)]
 
 
 def test_the_chooser_scores_each_sentence_once_and_leaves_protected_text_alone():
@@ -282,6 +303,40 @@ def test_tuning_finds_the_margins_that_fix_errors_without_harm():
 def test_tuning_refuses_an_empty_split():
     with pytest.raises(UserError, match="no validation entries"):
         tune_chooser(Replay(TableScorer({}), [], progress=False))
+
+
+def test_weighings_are_reused_from_their_cache_only_for_the_same_entries_and_judge(tmp_path):
+    entries, table = synthetic_entries()
+    cache = tmp_path / "weighings.pkl"
+    scorer = TableScorer(table)
+    first = Replay(scorer, entries, ("homophone", "model"), progress=False, cache=cache)
+    config = ChooserConfig(margins={"homophone": 0.5, "model": 0.5})
+    answers = first.responses(config)
+    save_weighings(first.weighings, first.key, cache)
+    calls = len(scorer.calls)
+    again = Replay(scorer, entries, ("homophone", "model"), progress=False, cache=cache)
+    assert again.responses(config) == answers and len(scorer.calls) == calls  # no sentence scored again
+    assert all(w.scorer is scorer for w in again.weighings)
+    other = TableScorer(table)
+    other.name = "another judge"
+    Replay(other, entries, ("homophone", "model"), progress=False, cache=cache)
+    assert len(other.calls) == len(entries)  # weighed afresh: one batch an entry
+    Replay(scorer, entries[:3], ("homophone", "model"), progress=False, cache=cache)
+    assert len(scorer.calls) == calls  # each entry is found by itself
+    changed = [{**entries[0], "raw_response": "Le chat0 a mangé !"}, *entries[1:3]]
+    Replay(scorer, changed, ("homophone", "model"), progress=False, cache=cache)
+    assert len(scorer.calls) == calls + 1  # another answer: that entry alone is weighed again
+
+
+def test_the_everyday_errors_are_ours_and_well_formed():
+    entries = load_entries(EVERYDAY_ERRORS)
+    assert len(entries) == 213
+    clean = [e for e in entries if e["input"] == e["output"]]
+    assert len(clean) == 93 and all(e.get("type") in (None, "none") for e in clean)
+    assert all(e.get("type") not in (None, "none") for e in entries if e["input"] != e["output"])
+    assert len({e["input"] for e in entries}) == len(entries)
+    corpus = {r.output for r in load_embedded()}  # never a sentence the model was trained on
+    assert not corpus & ({e["input"] for e in entries} | {e["output"] for e in entries})
 
 
 # --- (input, target) files ----------------------------------------------------------------

