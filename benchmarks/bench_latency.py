@@ -1,15 +1,18 @@
 """How long correcting takes, greedy decoding with the KV cache against speculative decoding.
 
-Three tables, each pair of rows in one run with the same outputs asserted:
+Four tables, in one run, with the same outputs asserted or counted:
 1. one 20-word sentence, batch of one, end to end through `Corrector` (guard off): a random
    gpt2-small (it never writes end-of-text, so it generates its whole budget, and copies nothing,
    so drafts are rejected: the cost of drafting) and, with `--checkpoint`, a trained run;
 2. with `--checkpoint`, throughput over the first `--sentences` entries of the run's test split,
-   as `respond` answers them (batches of `--batch-size`), with the tokens accepted per forward
+   as `respond` answers them (sorted by length, batches of `--batch-size`), beside the prompts'
+   forward passes alone (the floor under any decoding), with the tokens accepted per forward
    pass overall and per error type;
-3. the same gpt2-small weights in `transformers`' GPT2LMHeadModel, `generate(prompt_lookup_num_tokens=10)`
-   against our `generate_speculative` and `generate`, on the prompts of the sentence and of
-   a few test entries.
+3. with `--checkpoint`, the trained weights exported to `transformers`: its
+   `generate(prompt_lookup_num_tokens=10)` and greedy `generate` against ours, prompt by
+   prompt, and ours batched, on the sentence and `--hf-sentences` - 1 test entries;
+4. a random gpt2-small in `transformers`' GPT2LMHeadModel and in ours, the same four ways
+   prompt by prompt (the cost of drafting for a model that copies nothing).
 Writes the "## Correction latency" section of benchmarks/RESULTS.md.
 
     python benchmarks/bench_latency.py [--checkpoint checkpoints/RUN] [--test data/test.json]
@@ -32,7 +35,7 @@ from results import command_line, write_section
 
 from correcteur.correct import Corrector
 from correcteur.files import load_entries
-from correcteur.generate import DecodingStats, generate, generate_speculative
+from correcteur.generate import DecodingStats, generate, generate_speculative, left_pad
 from correcteur.model import GPTModel, gpt2_config
 from correcteur.prompt import correction_prompt
 from correcteur.tokenizer import get_tokenizer
@@ -91,9 +94,14 @@ def sentence_table(rows: list[dict]) -> str:
 def throughput(corrector: Corrector, entries: list[dict], batch_size: int) -> tuple[str, list[str]]:
     """Greedy and speculative answers of every entry (one pass each, no warm-up: minutes),
     their speeds, and the tokens accepted per pass by error type."""
+    entries = sorted(entries, key=lambda e: len(e["input"]))  # as `respond` batches them: less padding
     texts = [e["input"] for e in entries]
     corrector.batch_size = batch_size
     lines = ["| decoding | sentences | batch | seconds | sentences/s | tokens/pass |", "|---|---:|---:|---:|---:|---:|"]
+    floor = prompt_seconds(corrector, texts, batch_size)
+    lines.append(f"| the prompts' forward passes alone | {len(texts)} | {batch_size} | {floor:.1f} | "
+                 f"{len(texts) / floor:.2f} | — |")
+    print(lines[-1], flush=True)
     answers, seconds = {}, {}
     for decoding in ("greedy", "speculative"):
         corrector.decoding, corrector.stats = decoding, DecodingStats()
@@ -117,9 +125,26 @@ def throughput(corrector: Corrector, entries: list[dict], batch_size: int) -> tu
         tokens, passes = sum(stats.tokens[r] for r in rows), sum(stats.passes[r] for r in rows)
         type_lines.append(f"| {kind} | {len(rows)} | {tokens / passes:.2f} |")
     speedup = seconds["greedy"] / seconds["speculative"]
-    body = "\n".join(lines) + f"\n\nSpeculative / greedy: **{speedup:.2f}×** sentences/s, the {same} answers identical." \
+    bound = seconds["greedy"] / floor
+    body = "\n".join(lines) + (
+        f"\n\nSpeculative / greedy: **{speedup:.2f}×** sentences/s, the {same} answers identical. Every "
+        f"decoding reads the prompts first, in passes as costly as those of the first row: no decoding, "
+        f"lossless or not, can be more than {bound:.2f}× faster than greedy on these batches.") \
         + "\n\n" + "\n".join(type_lines)
     return body, answers["speculative"]
+
+
+@torch.no_grad()
+def prompt_seconds(corrector: Corrector, texts: list[str], batch_size: int) -> float:
+    """Seconds to read the prompts of `texts` once, in batches of `batch_size` (left-padded,
+    into a fresh cache, last logits only): what greedy and speculative decoding both pay first."""
+    tokenizer = corrector.tokenizer
+    prompts = [tokenizer.encode(correction_prompt(t, corrector.prompt_style, corrector.input_prefix)) for t in texts]
+    start = time.perf_counter()
+    for first in range(0, len(prompts), batch_size):
+        ids, mask = left_pad(prompts[first:first + batch_size], tokenizer.eot_token)
+        corrector.model(ids, cache=corrector.model.new_cache(), attention_mask=mask, only_last=True)
+    return time.perf_counter() - start
 
 
 def against_transformers(prompts: list[list[int]], new_tokens: int, repeats: int, seed: int) -> str:
@@ -193,29 +218,39 @@ def against_transformers_trained(corrector: Corrector, texts: list[str], repeats
             model, p, n, model.context_length, eos_id=eot, stop_ids=set(stops)),
     }
 
-    def answer(out: torch.Tensor, prompt: torch.Tensor) -> list[int]:
-        row = out[0, prompt.shape[1]:].tolist()
-        end = next((i for i, t in enumerate(row) if t in stops), len(row))
-        return row[:end + 1]
+    def answer(row: list[int]) -> list[int]:
+        """The new tokens up to the first stop (ours leave the stop out, transformers keeps it)."""
+        return row[:next((i for i, t in enumerate(row) if t in stops), len(row))]
 
+    def one_by_one(run):
+        return lambda: [answer(run(p, s, n)[0, p.shape[1]:].tolist()) for p, s, n in jobs]
+
+    def batched():  # transformers refuses a batch for prompt lookup ("only supported for batch_size = 1")
+        ids, mask = left_pad([p[0].tolist() for p, _, _ in jobs], eot)
+        out = generate_speculative(model, ids, max(n for _, _, n in jobs), model.context_length,
+                                   sources=[s for _, s, _ in jobs], eos_id=eot, attention_mask=mask,
+                                   stop_ids=set(stops))
+        return [answer(row)[:n] for row, (_, _, n) in zip(out[:, ids.shape[1]:].tolist(), jobs, strict=True)]
+
+    calls = {name: one_by_one(run) for name, run in runs.items()}
+    calls[f"ours generate_speculative, the {len(jobs)} prompts in one batch"] = batched
     lines = ["| decoding | prompts | new tokens | seconds (best) | tokens/s |", "|---|---:|---:|---:|---:|"]
     outputs, speed = {}, {}
     with torch.no_grad():
-        for name, run in runs.items():
-            def every(run=run):
-                return [answer(run(p, s, n), p) for p, s, n in jobs]
-            outputs[name], times = timed(every, repeats)
+        for name, call in calls.items():
+            outputs[name], times = timed(call, repeats)
             tokens = sum(map(len, outputs[name]))
             speed[name] = tokens / min(times)
             lines.append(f"| {name} | {len(jobs)} | {tokens} | {min(times):.2f} | {speed[name]:.1f} |")
             print(lines[-1], flush=True)
     reference = outputs["ours generate (greedy, KV cache)"]
     differing = {name: sum(a != b for a, b in zip(out, reference, strict=True)) for name, out in outputs.items()}
-    names = list(runs)
+    names = list(calls)
     return "\n".join(lines) + (
         f"\n\nOurs speculative / transformers prompt lookup: **{speed[names[2]] / speed[names[0]]:.2f}×** tokens/s "
-        f"(ours greedy / transformers greedy: {speed[names[3]] / speed[names[1]]:.2f}×). "
-        f"Answers that differ from ours greedy: {differing}.")
+        f"prompt by prompt, **{speed[names[4]] / speed[names[0]]:.2f}×** with ours batched (transformers' prompt "
+        f"lookup takes one prompt at a time); ours greedy / transformers greedy: {speed[names[3]] / speed[names[1]]:.2f}×. "
+        f"Answers (new tokens before the first stop) that differ from ours greedy: {differing}.")
 
 
 def main() -> None:
@@ -245,7 +280,7 @@ def main() -> None:
                                    name=f"random {args.model}"), f"random {args.model}", args.repeats)
     sections = []
     if args.checkpoint:
-        corrector = Corrector.from_checkpoint(args.checkpoint, device="cpu", guard=False)
+        corrector = Corrector.from_checkpoint(args.checkpoint, device="cpu", guard=False, chooser=False)
         rows += sentence_rows(corrector, corrector.name, args.repeats)
         if args.test:
             entries = load_entries(args.test)[:args.sentences]

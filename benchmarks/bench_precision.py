@@ -82,7 +82,7 @@ def main() -> None:
         lines.append(f"| {precision} | " + " | ".join(f"{t:.0f}" for t in times) + f" | {share:.3f} |")
         print(lines[-1], flush=True)
         if args.guarded:
-            corrector = Corrector.from_checkpoint(args.checkpoint, device="cpu", precision=precision)
+            corrector = Corrector.from_checkpoint(args.checkpoint, device="cpu", precision=precision, chooser=False)
             scores = score_entries(respond(corrector, entries[:args.guarded], progress=False))
             guarded.append(f"| {precision} | {scores['error_reduction']:.3f} | {scores['harm_rate']:.3f} | "
                            f"{scores['clean_preserved']:.3f} |")

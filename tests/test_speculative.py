@@ -137,6 +137,9 @@ def test_draft_from_realigns_after_an_edit():
     assert draft_from([7, 8, 9, 7, 8, 5], [1, 7, 8], 2, 1) == ([9], 2)
     assert draft_from([7, 8, 9, 7, 8, 5], [9, 7, 8], 2, 1) == ([5], 5)
     assert draft_from(source, [16], 8, 3) == ([], 8)
+    # after a draft rejected from its first token, only an n-gram realigns: no guess
+    assert draft_from(source, [10, 11, 99], 3, 2, guess=False) == ([], 3)
+    assert draft_from(source, [10, 99, 14], 3, 2, guess=False) == ([11, 15], 5)
 
 
 def test_cache_truncate_and_select_match_a_fresh_cache():

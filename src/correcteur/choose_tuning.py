@@ -126,15 +126,17 @@ def tune_chooser(replay: Replay, sources: tuple[str, ...] = SOURCES, scorer: str
     (`joint`); each edit judged alone is tried last, on the margins found."""
     if not replay.entries:
         raise UserError("no validation entries to tune the chooser on")
-    tried: list[dict] = []
+    tried: dict[tuple, dict] = {}  # each setting once: the search comes back to the best one often
 
     def trial(margins: dict, joint: bool) -> dict:
-        config = ChooserConfig(margins=dict(margins), joint=joint, scorer=scorer)
-        s = replay.scores(config)
-        row = {"margins": dict(margins), "joint": joint, "meets_targets": meets_targets(s, max_harm, min_clean, z),
-               **{k: s[k] for k in ("error_reduction", "harm_rate", "clean_preserved", "exact_match", "n", "n_clean")}}
-        tried.append(row)
-        return row
+        key = (tuple(margins.items()), joint)
+        if key not in tried:
+            s = replay.scores(ChooserConfig(margins=dict(margins), joint=joint, scorer=scorer))
+            tried[key] = {"margins": dict(margins), "joint": joint,
+                          "meets_targets": meets_targets(s, max_harm, min_clean, z),
+                          **{k: s[k] for k in ("error_reduction", "harm_rate", "clean_preserved", "exact_match",
+                                               "n", "n_clean")}}
+        return tried[key]
 
     def better(row: dict, best: dict) -> bool:
         return row["meets_targets"] and (row["error_reduction"] or 0.0) > (best["error_reduction"] or 0.0)
@@ -150,7 +152,16 @@ def tune_chooser(replay: Replay, sources: tuple[str, ...] = SOURCES, scorer: str
     alone = trial(margins, False)
     if better(alone, best):
         best = alone
-    return ChooserConfig(margins=best["margins"], joint=best["joint"], scorer=scorer), tried
+    return ChooserConfig(margins=best["margins"], joint=best["joint"], scorer=scorer), list(tried.values())
+
+
+def shown_path(path: str | Path) -> str:
+    """A tuning file as choose.json records it: the package's own by their place in it, so that
+    the record reads the same on every machine."""
+    path = Path(path)
+    if path.resolve().is_relative_to(CORPUS_DIR.resolve()):
+        return f"correcteur/corpus/{path.resolve().relative_to(CORPUS_DIR.resolve())}"
+    return str(path)
 
 
 def calibrate_chooser(checkpoint: str | Path, val_paths: str | Path | list[str | Path], scorer: str = "finetuned",
@@ -178,7 +189,7 @@ def calibrate_chooser(checkpoint: str | Path, val_paths: str | Path | list[str |
         save_weighings(replay.weighings, replay.key, cache)  # with the scores the search added
         write_json(folder / "choose_val_responses.json",  # what the margins were tuned on
                    [{**e, "model_response": r} for e, r in zip(entries, replay.responses(config), strict=True)])
-        save_chooser_config(config, folder, {"val_files": [str(p) for p in paths], "entries": len(entries),
+        save_chooser_config(config, folder, {"val_files": [shown_path(p) for p in paths], "entries": len(entries),
                                              "targets": {"max_harm": MAX_HARM, "min_clean": MIN_CLEAN, "z": 1.0},
                                              "chosen": dataclasses.asdict(config), "tried": tried})
     return config

@@ -110,22 +110,22 @@ def can_verify_drafts(model) -> bool:
 
 
 def draft_from(source: Sequence[int], output: Sequence[int], expected: int, n_draft: int,
-               ngram: int = 3) -> tuple[list[int], int]:
+               ngram: int = 3, guess: bool = True) -> tuple[list[int], int]:
     """The next `n_draft` tokens of `source` the output is likely to copy, and the source
     position they start from.
 
     The output re-aligns with the source after the longest n-gram (n <= `ngram`) ending the
     output that the source holds, at its occurrence nearest `expected` (where the output would
     be had it replaced one source token by each of its own since the last alignment); without
-    any, at `expected`: a corrected word, whose next word is usually the source's next one."""
-    position = expected
+    any, at `expected`: a corrected word, whose next word is usually the source's next one.
+    That guess is skipped (no draft) when `guess` is False."""
     for n in range(min(ngram, len(output)), 0, -1):
         tail = list(output[-n:])
         ends = [end for end in range(n, len(source) + 1) if list(source[end - n:end]) == tail]
         if ends:
             position = min(ends, key=lambda end: abs(end - expected))
-            break
-    return list(source[position:position + n_draft]), position
+            return list(source[position:position + n_draft]), position
+    return (list(source[expected:expected + n_draft]) if guess else []), expected
 
 
 def _scores(model, ids: torch.Tensor, cache, mask: torch.Tensor, last: int) -> torch.Tensor:
@@ -168,7 +168,9 @@ def generate_speculative(model, idx: torch.Tensor, max_new_tokens: int, context_
     outputs: list[list[int]] = [[] for _ in range(batch)]
     cursors, passes, made = [0] * batch, [0] * batch, [0] * batch
     reach = [n_draft] * batch  # each row's draft length: back to what it last accepted + 1 after a
-    # rejection (a model that copies nothing then pays for one draft token a pass), doubled after a success
+    # rejection, doubled after a success
+    missed = [False] * batch  # the row's last draft was rejected from its first token: it guesses no
+    # more until an n-gram realigns it (a model that copies nothing then decodes as greedily, at its cost)
     # `seq`/`seq_mask`: every position fed so far (the cache holds exactly these); `pending`: each
     # row's last token, not yet fed. `active[i]` is the row of the prompt behind tensor row i.
     seq, seq_mask, pending = idx[:, :-1], mask[:, :-1], idx[:, -1:]
@@ -179,7 +181,7 @@ def generate_speculative(model, idx: torch.Tensor, max_new_tokens: int, context_
         drafts = []
         for r in active:
             room = min(reach[r], max_new_tokens - len(outputs[r]) - 1)  # the model adds a token too
-            draft, cursors[r] = draft_from(sources[r], outputs[r], cursors[r], room, ngram)
+            draft, cursors[r] = draft_from(sources[r], outputs[r], cursors[r], room, ngram, guess=not missed[r])
             drafts.append(draft)
         if seq.shape[1] + 1 + max(map(len, drafts)) > context_size:  # holes: squeeze them out
             width = int(seq_mask.sum(1).max())
@@ -213,6 +215,7 @@ def generate_speculative(model, idx: torch.Tensor, max_new_tokens: int, context_
             passes[r] += 1
             cursors[r] += len(new)
             reach[r] = min(n_draft, 2 * reach[r]) if a == len(drafts[i]) else a + 1
+            missed[r] = (missed[r] and not drafts[i]) or (a == 0 and bool(drafts[i]))
             made[r] += len(new) if stop is None else stop + 1
             outputs[r] += new if stop is None else new[:stop]
             if stop is None and len(outputs[r]) < max_new_tokens:
