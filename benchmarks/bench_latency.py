@@ -138,11 +138,10 @@ def throughput(corrector: Corrector, entries: list[dict], batch_size: int) -> tu
 def prompt_seconds(corrector: Corrector, texts: list[str], batch_size: int) -> float:
     """Seconds to read the prompts of `texts` once, in batches of `batch_size` (left-padded,
     into a fresh cache, last logits only): what greedy and speculative decoding both pay first."""
-    tokenizer = corrector.tokenizer
-    prompts = [tokenizer.encode(correction_prompt(t, corrector.prompt_style, corrector.input_prefix)) for t in texts]
+    prompts = [corrector._encode(t).prompt_ids for t in texts]  # the prompts `Corrector` feeds
     start = time.perf_counter()
     for first in range(0, len(prompts), batch_size):
-        ids, mask = left_pad(prompts[first:first + batch_size], tokenizer.eot_token)
+        ids, mask = left_pad(prompts[first:first + batch_size], corrector.tokenizer.eot_token)
         corrector.model(ids, cache=corrector.model.new_cache(), attention_mask=mask, only_last=True)
     return time.perf_counter() - start
 

@@ -158,10 +158,8 @@ def tune_chooser(replay: Replay, sources: tuple[str, ...] = SOURCES, scorer: str
 def shown_path(path: str | Path) -> str:
     """A tuning file as choose.json records it: the package's own by their place in it, so that
     the record reads the same on every machine."""
-    path = Path(path)
-    if path.resolve().is_relative_to(CORPUS_DIR.resolve()):
-        return f"correcteur/corpus/{path.resolve().relative_to(CORPUS_DIR.resolve())}"
-    return str(path)
+    resolved, corpus = Path(path).resolve(), CORPUS_DIR.resolve()
+    return f"correcteur/corpus/{resolved.relative_to(corpus)}" if resolved.is_relative_to(corpus) else str(path)
 
 
 def calibrate_chooser(checkpoint: str | Path, val_paths: str | Path | list[str | Path], scorer: str = "finetuned",
