@@ -153,27 +153,57 @@ class IdTokenizer:
         return [2 + (ord(c) % 60) for c in text]
 
 
-def test_windowed_sentence_scores_are_exact_without_a_window_and_close_with_one():
+def whole_row_scores(model, tokenizer, source: str, texts: list[str], window: int | None) -> list[float]:
+    """The reference: every row read whole, its window's log-probability minus the source's."""
+    def log_probs(text: str) -> tuple[list[int], list[float]]:
+        ids = [tokenizer.bos_token_id, *tokenizer.encode(text)]
+        with torch.no_grad():
+            logits = model(input_ids=torch.tensor([ids])).logits[0, :-1].float()
+        return ids, [0.0, *torch.log_softmax(logits, dim=-1).gather(1, torch.tensor(ids[1:])[:, None])[:, 0].tolist()]
+
+    source_ids, source_lp = log_probs(source)
+    scores = []
+    for text in texts:
+        ids, lp = log_probs(text)
+        (start, end), (row_start, row_end) = changed_span(source_ids, ids, window)
+        scores.append(sum(lp[row_start:row_end]) - sum(source_lp[start:end]))
+    return scores
+
+
+def tiny_hf_model(family: str, sliding_window: int = 64):
     transformers = pytest.importorskip("transformers")
     torch.manual_seed(0)
-    config = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
-                                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128)
-    model = transformers.LlamaForCausalLM(config).eval()
-    tokenizer = IdTokenizer()
-    source = "il a manger une pome"
-    texts = [source, "il a mangé une pome", "il a manger une pomme", "elle a manger une pome"]
+    shape = dict(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=2, max_position_embeddings=128)
+    if family == "llama":
+        return transformers.LlamaForCausalLM(transformers.LlamaConfig(**shape)).eval()
+    config = transformers.Gemma3TextConfig(**shape, head_dim=8, sliding_window=sliding_window,
+                                           layer_types=["sliding_attention", "full_attention"])
+    return transformers.Gemma3ForCausalLM(config).eval()
 
-    def whole(text: str) -> float:
-        ids = torch.tensor([[1, *tokenizer.encode(text)]])
-        with torch.no_grad():
-            log_probs = torch.log_softmax(model(input_ids=ids).logits[0, :-1].float(), dim=-1)
-        return log_probs.gather(1, ids[0, 1:, None]).sum().item()
 
-    expected = [whole(t) - whole(source) for t in texts]
-    assert HFSentenceScorer(model, tokenizer, window=None)(source, texts) == pytest.approx(expected, abs=1e-4)
-    windowed = HFSentenceScorer(model, tokenizer, window=2)(source, texts)
-    assert windowed[0] == 0.0
-    assert windowed[2] == pytest.approx(expected[2], abs=1e-4)  # the last word: its window reaches the end
+SCORED = ("il a manger une pome",
+          ["il a manger une pome", "il a mangé une pome", "il a manger une pomme", "elle a manger une pome",
+           "Il a manger une pome", "il a manger une pome.", "il a manger une pom", "il a manger des pommes rouges"])
+
+
+@pytest.mark.parametrize("family, sliding_window", [("llama", 64), ("gemma", 64), ("gemma", 6)])
+@pytest.mark.parametrize("window", [None, 2])
+def test_sentence_scores_reading_windows_after_the_shared_source_equal_whole_rows(family, sliding_window, window):
+    # a sliding window of 6 tokens is shorter than the sentence: each row then reads its own cache
+    model, tokenizer = tiny_hf_model(family, sliding_window), IdTokenizer()
+    source, texts = SCORED
+    scores = HFSentenceScorer(model, tokenizer, window=window)(source, texts)
+    assert scores == pytest.approx(whole_row_scores(model, tokenizer, source, texts, window), abs=1e-4)
+    assert scores[0] == 0.0
+
+
+def test_sentence_scores_without_a_window_are_whole_sentence_differences():
+    model, tokenizer = tiny_hf_model("llama"), IdTokenizer()
+    source, texts = SCORED
+    whole = whole_row_scores(model, tokenizer, "", [source, *texts], None)  # from the start token on
+    assert HFSentenceScorer(model, tokenizer, window=None)(source, texts) == pytest.approx(
+        [w - whole[0] for w in whole[1:]], abs=1e-4)
 
 
 # --- the chooser --------------------------------------------------------------------------

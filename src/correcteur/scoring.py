@@ -7,6 +7,8 @@ so it is run once and its keys and values are shared by every row of the batch.
 
 from __future__ import annotations
 
+import copy
+import inspect
 from typing import Protocol
 
 import torch
@@ -92,38 +94,83 @@ class HFSentenceScorer:
 
     A candidate differs from its source in a few tokens: those before the first difference
     have the same probabilities in both and cancel out, and from a few tokens after the last
-    difference the two texts are alike again. Only that window goes through the output layer
-    (262k words wide for Gemma, more work than the whole network below it): each text's score
-    is its window's log-probability minus the source's over the same stretch, so the source
-    scores 0. `window` tokens past the last difference are counted (None: to the end, exact)."""
+    difference the two texts are alike again. So the source is read once, with its keys and
+    values kept, and each candidate only from its first difference to `window` tokens past its
+    last one (None: to the end, exact), attending to the source's cache before it. Its score is
+    that window's log-probability minus the source's over the same stretch (the source scores 0).
+    Reading a few tokens a candidate instead of the whole sentence is what makes weighing forty
+    candidates fast on a CPU; only those windows go through the output layer (262k words wide
+    for Gemma, more work than the whole network below it)."""
 
     def __init__(self, model: torch.nn.Module, tokenizer, name: str = "hf", window: int | None = 4):
         self.model, self.tokenizer, self.name, self.window = model, tokenizer, name, window
+        # transformers 5.2x renamed `past_key_values` to `cache` (the old name warns, then goes)
+        accepted = inspect.signature(model.model.forward).parameters
+        self._cache_argument = "cache" if "cache" in accepted else "past_key_values"
+        self._source: tuple[str, tuple] | None = None
 
     @torch.no_grad()
     def __call__(self, source: str, texts: list[str]) -> list[float]:
-        encode = self.tokenizer.encode
-        rows = [[self.tokenizer.bos_token_id, *encode(t, add_special_tokens=False)] for t in [source, *texts]]
-        spans = [changed_span(rows[0], row, self.window) for row in rows]
-        width = max(map(len, rows))
-        ids = torch.tensor([r + [0] * (width - len(r)) for r in rows])
-        mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows])
-        hidden = self.model.model(input_ids=ids, attention_mask=mask).last_hidden_state
-        # the source is read whole; each other row only in its window
-        wanted = [(0, j) for j in range(1, len(rows[0]))]
-        wanted += [(r, j) for r in range(1, len(rows)) for j in range(*spans[r][1])]
-        at = torch.tensor(wanted, dtype=torch.long).reshape(-1, 2)
-        logits = self.model.lm_head(hidden[at[:, 0], at[:, 1] - 1]).float()
-        token = ids[at[:, 0], at[:, 1]]
-        log_probs = torch.log_softmax(logits, dim=-1).gather(1, token[:, None])[:, 0].tolist()
-        source_tokens = log_probs[:len(rows[0]) - 1]  # log p of source token j at index j - 1
-        scores, cursor = [], len(source_tokens)
-        for r in range(1, len(rows)):
-            (start, end), (row_start, row_end) = spans[r]
-            n = row_end - row_start
-            scores.append(sum(log_probs[cursor:cursor + n]) - sum(source_tokens[start - 1:end - 1]))
-            cursor += n
-        return scores
+        first, cache, source_log_probs, source_tokens = self._read_source(source)
+        rows = [[self.tokenizer.bos_token_id, *self.tokenizer.encode(t, add_special_tokens=False)] for t in texts]
+        spans = [changed_span(first, row, self.window) for row in rows]
+        # a window's first token is predicted from the source's prefix, the others from the
+        # candidate's own tokens before them, read after the source's cache
+        windows = [row[start:end] for row, (_, (start, end)) in zip(rows, spans, strict=True)]
+        scores = [source_log_probs[start - 1, window[0]].item() if window else 0.0
+                  for window, (_, (start, _)) in zip(windows, spans, strict=True)]
+        later = [r for r, window in enumerate(windows) if len(window) > 1]
+        width = max((len(windows[r]) - 1 for r in later), default=0)
+        reach = getattr(self.model.config, "sliding_window", None) or len(first) + width
+        if not later:
+            sums = []
+        elif len(first) + width <= reach:  # every row at once, the source's cache shared
+            cache = copy.deepcopy(cache)  # kept for the source's next call
+            cache.batch_repeat_interleave(len(later))
+            sums = self._window_sums(cache, [windows[r] for r in later], [spans[r][1][0] for r in later])
+        else:  # a sliding window's cache keeps only its last tokens: such long rows are read whole
+            sums = [self._row_window_sum(rows[r], *spans[r][1]) for r in later]
+        for r, value in zip(later, sums, strict=True):
+            scores[r] += value
+        return [score - sum(source_tokens[start - 1:end - 1])
+                for score, ((start, end), _) in zip(scores, spans, strict=True)]
+
+    def _read_source(self, source: str) -> tuple[list[int], object, torch.Tensor, list[float]]:
+        """The source's tokens, cache, log-probabilities at every position and of its own tokens:
+        the chooser asks again about the same source after each edit it takes, so the last
+        source's reading is kept."""
+        if self._source is None or self._source[0] != source:
+            first = [self.tokenizer.bos_token_id, *self.tokenizer.encode(source, add_special_tokens=False)]
+            read = self.model.model(input_ids=torch.tensor([first]), use_cache=True)
+            log_probs = torch.log_softmax(self.model.lm_head(read.last_hidden_state[0]).float(), dim=-1)
+            own = log_probs[:-1].gather(1, torch.tensor(first[1:])[:, None])[:, 0].tolist()
+            self._source = (source, (first, read.past_key_values, log_probs, own))
+        return self._source[1]
+
+    def _row_window_sum(self, row: list[int], start: int, end: int) -> float:
+        hidden = self.model.model(input_ids=torch.tensor([row[:end - 1]])).last_hidden_state[0, start:]
+        log_probs = torch.log_softmax(self.model.lm_head(hidden).float(), dim=-1)
+        return log_probs.gather(1, torch.tensor(row[start + 1:end])[:, None]).sum().item()
+
+    def _window_sums(self, cache, windows: list[list[int]], starts: list[int]) -> list[float]:
+        """log p of each window's tokens after its first, each row reading its window after the
+        cached source (one row of `cache` a window), masked from the window's start on."""
+        if not windows:
+            return []
+        width = max(map(len, windows)) - 1
+        ids = torch.tensor([w[:-1] + [0] * (width + 1 - len(w)) for w in windows])
+        begin = torch.tensor(starts)[:, None]
+        filled = torch.arange(width)[None, :] < torch.tensor([len(w) - 1 for w in windows])[:, None]
+        before = torch.arange(cache.get_seq_length())[None, :] < begin
+        hidden = self.model.model(input_ids=ids, **{self._cache_argument: cache}, position_ids=begin + torch.arange(width),
+                                  attention_mask=torch.cat([before, filled], dim=1).long()).last_hidden_state
+        at = filled.nonzero()
+        log_probs = torch.log_softmax(self.model.lm_head(hidden[at[:, 0], at[:, 1]]).float(), dim=-1)
+        targets = torch.tensor([windows[i][j + 1] for i, j in at.tolist()])
+        sums = [0.0] * len(windows)
+        for (i, _), value in zip(at.tolist(), log_probs.gather(1, targets[:, None])[:, 0].tolist(), strict=True):
+            sums[i] += value
+        return sums
 
 
 def changed_span(source: list[int], row: list[int], window: int | None) -> tuple[tuple[int, int], tuple[int, int]]:
