@@ -29,7 +29,14 @@ from correcteur.choose import (
     load_chooser_config,
     save_chooser_config,
 )
-from correcteur.choose_tuning import EVERYDAY_ERRORS, Replay, save_weighings, tune_chooser
+from correcteur.choose_tuning import (
+    EVERYDAY_ERRORS,
+    MARGIN_GRID,
+    Replay,
+    nearby,
+    save_weighings,
+    tune_chooser,
+)
 from correcteur.data import load_embedded
 from correcteur.errors import UserError
 from correcteur.files import load_entries
@@ -328,6 +335,38 @@ def test_tuning_finds_the_margins_that_fix_errors_without_harm():
     assert best["error_reduction"] == 1.0 and best["harm_rate"] == 0.0
     assert tried[0]["margins"] == {"homophone": None, "model": None}  # it starts from doing nothing
     assert any(row["harm_rate"] > 0 for row in tried)
+
+
+class ScriptedReplay:
+    """Scores as a scripted function of two sources' margins: "a" loose fixes most but spends
+    most of the harm allowed; "b" loose fixes more, but not beside a loose "a"."""
+
+    entries = [{"input": "x", "output": "x"}]
+
+    @staticmethod
+    def tier(margin: float | None, loose: float) -> int:
+        return 0 if margin is None else 2 if margin <= loose else 1
+
+    def scores(self, config: ChooserConfig) -> dict:
+        a = {0: (0.0, 0.0), 2: (0.5, 0.010), 1: (0.4, 0.004)}[self.tier(config.margins["a"], -2.0)]
+        a = (0.1, 0.0) if config.margins["a"] is not None and config.margins["a"] >= 3.0 else a
+        b = {0: (0.0, 0.0), 2: (0.3, 0.008), 1: (0.05, 0.0)}[self.tier(config.margins["b"], 0.0)]
+        return {"error_reduction": a[0] + b[0], "harm_rate": a[1] + b[1], "clean_preserved": 1.0,
+                "exact_match": 0.0, "n": 1000, "n_clean": 100}
+
+
+def test_tuning_moves_two_margins_at_once_where_one_at_a_time_is_stuck():
+    config, tried = tune_chooser(ScriptedReplay(), ("a", "b"), scorer="table")
+    stuck = {"a": -4.0, "b": 1.0}  # where one source at a time ends: 0.55
+    assert next(row for row in tried if row["margins"] == stuck)["error_reduction"] == pytest.approx(0.55)
+    assert config.margins == {"a": -1.0, "b": -1.0}  # "a" gives up a little harm, "b" spends it
+    assert ScriptedReplay().scores(config)["error_reduction"] == pytest.approx(0.7)
+
+
+def test_nearby_margins_run_from_loosest_to_off():
+    assert nearby(-4.0, MARGIN_GRID) == [-4.0, -2.0, -1.0]
+    assert nearby(None, MARGIN_GRID) == [6.0, 8.0, None]
+    assert nearby(1.0, MARGIN_GRID, steps=1) == [0.0, 1.0, 2.0]
 
 
 def test_tuning_refuses_an_empty_split():

@@ -5,14 +5,17 @@ replayed on those scores. The margins are searched one source at a time (coordin
 two rounds): a full grid over eight sources would be millions of settings. A setting is
 eligible when harm and clean-text preservation meet their targets one standard error inside
 their bounds (`guard_tuning.meets_targets`), and the eligible one with the best error reduction
-wins. The search takes the winners together (`joint`), as the chooser does by default; judging
-each edit alone is tried last, on the margins found. The weighings (with every combination
+wins. One source at a time stops where loosening a source costs more harm than the targets
+allow, though tightening another would pay for it: pairs of sources are then moved together, a
+few grid steps around the margins found. The search takes the winners together (`joint`), as
+the chooser does by default; judging each edit alone is tried last, on the margins found. The weighings (with every combination
 scored during the search) are kept beside the checkpoint, so that tuning again costs seconds.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import pickle
 import shutil
 from pathlib import Path
@@ -49,6 +52,7 @@ MARGIN_GRID = (None, -4.0, -2.0, -1.0, 0.0, 1.0, 2.0, 3.0, 4.0, 6.0, 8.0)
 # dozen clean sentences no setting can show it one standard error inside the bound (with n clean
 # sentences all kept, the Wilson lower bound is n / (n + 1): 0.979 for 46), so the guard's 0.97 is asked.
 MAX_HARM, MIN_CLEAN = 0.02, 0.97
+PAIR_STEPS = 2  # the pair search moves each margin of a pair up to two grid steps
 
 
 def weighing_key(scorer: Scorer, entries: list[dict], sources: tuple[str, ...]) -> list[tuple]:
@@ -122,8 +126,9 @@ def tune_chooser(replay: Replay, sources: tuple[str, ...] = SOURCES, scorer: str
                  grid: tuple[float | None, ...] = MARGIN_GRID, rounds: int = 2) -> tuple[ChooserConfig, list[dict]]:
     """The margins (and `joint`) with the best error reduction that meet the targets on the
     replayed entries, and every setting tried with its scores. It starts from every source off
-    (the copy baseline, which always meets them) and searches with the edits taken together
-    (`joint`); each edit judged alone is tried last, on the margins found."""
+    (the copy baseline, which always meets them), moves one source's margin at a time, then
+    pairs of them, with the edits taken together (`joint`); each edit judged alone is tried
+    last, on the margins found."""
     if not replay.entries:
         raise UserError("no validation entries to tune the chooser on")
     tried: dict[tuple, dict] = {}  # each setting once: the search comes back to the best one often
@@ -149,10 +154,29 @@ def tune_chooser(replay: Replay, sources: tuple[str, ...] = SOURCES, scorer: str
                 row = trial({**margins, source: value}, True)
                 if better(row, best):
                     best, margins = row, {**margins, source: value}
+    for _ in range(rounds):  # then two sources moved at once: one gives up harm the other spends
+        found = best
+        for first, second in tqdm(list(itertools.combinations(sources, 2)), desc="tuning the chooser (pairs)",
+                                  unit="pair", disable=None):
+            for a, b in itertools.product(nearby(margins[first], grid), nearby(margins[second], grid)):
+                row = trial({**margins, first: a, second: b}, True)
+                if better(row, best):
+                    best = row
+        if best is found:
+            break
+        margins = dict(best["margins"])
     alone = trial(margins, False)
     if better(alone, best):
         best = alone
     return ChooserConfig(margins=best["margins"], joint=best["joint"], scorer=scorer), list(tried.values())
+
+
+def nearby(value: float | None, grid: tuple[float | None, ...], steps: int = PAIR_STEPS) -> list[float | None]:
+    """The grid's margins within `steps` of `value`, from loosest to strictest (off, None, is
+    the strictest of all: it keeps nothing)."""
+    ordered = sorted(v for v in grid if v is not None) + [None] * (None in grid)
+    at = ordered.index(value)
+    return ordered[max(0, at - steps):at + steps + 1]
 
 
 def shown_path(path: str | Path) -> str:
