@@ -144,7 +144,7 @@ class HFSentenceScorer:
             read = self.model.model(input_ids=torch.tensor([first]), use_cache=True)
             log_probs = torch.log_softmax(self.model.lm_head(read.last_hidden_state[0]).float(), dim=-1)
             own = log_probs[:-1].gather(1, torch.tensor(first[1:])[:, None])[:, 0].tolist()
-            self._source = (source, (first, read.past_key_values, log_probs, own))
+            self._source = (source, (first, getattr(read, self._cache_argument), log_probs, own))
         return self._source[1]
 
     def _row_window_sum(self, row: list[int], start: int, end: int) -> float:
