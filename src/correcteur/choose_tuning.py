@@ -7,9 +7,10 @@ eligible when harm and clean-text preservation meet their targets one standard e
 their bounds (`guard_tuning.meets_targets`), and the eligible one with the best error reduction
 wins. One source at a time stops where loosening a source costs more harm than the targets
 allow, though tightening another would pay for it: pairs of sources are then moved together, a
-few grid steps around the margins found. The search takes the winners together (`joint`), as
-the chooser does by default; judging each edit alone is tried last, on the margins found. The weighings (with every combination
-scored during the search) are kept beside the checkpoint, so that tuning again costs seconds.
+few grid steps around the margins found, again from each better setting. The search takes the
+winners together (`joint`), as the chooser does by default; judging each edit alone is tried
+last, on the margins found. The weighings (with every combination scored during the search) are
+kept beside the checkpoint, so that tuning again costs seconds.
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ MARGIN_GRID = (None, -4.0, -2.0, -1.0, 0.0, 1.0, 2.0, 3.0, 4.0, 6.0, 8.0)
 # sentences all kept, the Wilson lower bound is n / (n + 1): 0.979 for 46), so the guard's 0.97 is asked.
 MAX_HARM, MIN_CLEAN = 0.02, 0.97
 PAIR_STEPS = 2  # the pair search moves each margin of a pair up to two grid steps
+PAIR_ROUNDS = 4  # pair searches, each from the best setting the last found, while one finds better
 
 
 def weighing_key(scorer: Scorer, entries: list[dict], sources: tuple[str, ...]) -> list[tuple]:
@@ -123,7 +125,8 @@ class Replay:
 
 def tune_chooser(replay: Replay, sources: tuple[str, ...] = SOURCES, scorer: str = "finetuned",
                  max_harm: float = MAX_HARM, min_clean: float = MIN_CLEAN, z: float = 1.0,
-                 grid: tuple[float | None, ...] = MARGIN_GRID, rounds: int = 2) -> tuple[ChooserConfig, list[dict]]:
+                 grid: tuple[float | None, ...] = MARGIN_GRID, rounds: int = 2,
+                 pair_rounds: int = PAIR_ROUNDS) -> tuple[ChooserConfig, list[dict]]:
     """The margins (and `joint`) with the best error reduction that meet the targets on the
     replayed entries, and every setting tried with its scores. It starts from every source off
     (the copy baseline, which always meets them), moves one source's margin at a time, then
@@ -154,7 +157,7 @@ def tune_chooser(replay: Replay, sources: tuple[str, ...] = SOURCES, scorer: str
                 row = trial({**margins, source: value}, True)
                 if better(row, best):
                     best, margins = row, {**margins, source: value}
-    for _ in range(rounds):  # then two sources moved at once: one gives up harm the other spends
+    for _ in range(pair_rounds):  # then two sources moved at once: one gives up harm the other spends
         found = best
         for first, second in tqdm(list(itertools.combinations(sources, 2)), desc="tuning the chooser (pairs)",
                                   unit="pair", disable=None):
