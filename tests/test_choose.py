@@ -197,7 +197,7 @@ SCORED = ("il a manger une pome",
 @pytest.mark.parametrize("family, sliding_window", [("llama", 64), ("gemma", 64), ("gemma", 6)])
 @pytest.mark.parametrize("window", [None, 2])
 def test_sentence_scores_reading_windows_after_the_shared_source_equal_whole_rows(family, sliding_window, window):
-    # a sliding window of 6 tokens is shorter than the sentence: each row then reads its own cache
+    # a sliding window of 6 tokens is shorter than the sentence: each row is then read whole
     model, tokenizer = tiny_hf_model(family, sliding_window), IdTokenizer()
     source, texts = SCORED
     scores = HFSentenceScorer(model, tokenizer, window=window)(source, texts)
@@ -342,15 +342,15 @@ class ScriptedReplay:
     most of the harm allowed; "b" loose fixes more, but not beside a loose "a"."""
 
     entries = [{"input": "x", "output": "x"}]
+    # (margins up to this, (error reduction, harm)) from loosest to strictest; off does nothing
+    EFFECTS = {"a": [(-2.0, (0.5, 0.010)), (2.0, (0.4, 0.004)), (8.0, (0.1, 0.0))],
+               "b": [(0.0, (0.3, 0.008)), (8.0, (0.05, 0.0))]}
 
-    @staticmethod
-    def tier(margin: float | None, loose: float) -> int:
-        return 0 if margin is None else 2 if margin <= loose else 1
+    def effect(self, source: str, margin: float | None) -> tuple[float, float]:
+        return (0.0, 0.0) if margin is None else next(e for bound, e in self.EFFECTS[source] if margin <= bound)
 
     def scores(self, config: ChooserConfig) -> dict:
-        a = {0: (0.0, 0.0), 2: (0.5, 0.010), 1: (0.4, 0.004)}[self.tier(config.margins["a"], -2.0)]
-        a = (0.1, 0.0) if config.margins["a"] is not None and config.margins["a"] >= 3.0 else a
-        b = {0: (0.0, 0.0), 2: (0.3, 0.008), 1: (0.05, 0.0)}[self.tier(config.margins["b"], 0.0)]
+        a, b = (self.effect(source, config.margins[source]) for source in ("a", "b"))
         return {"error_reduction": a[0] + b[0], "harm_rate": a[1] + b[1], "clean_preserved": 1.0,
                 "exact_match": 0.0, "n": 1000, "n_clean": 100}
 

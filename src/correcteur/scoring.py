@@ -121,10 +121,10 @@ class HFSentenceScorer:
                   for window, (_, (start, _)) in zip(windows, spans, strict=True)]
         later = [r for r, window in enumerate(windows) if len(window) > 1]
         width = max((len(windows[r]) - 1 for r in later), default=0)
-        reach = getattr(self.model.config, "sliding_window", None) or len(first) + width
+        sliding = getattr(self.model.config, "sliding_window", None)
         if not later:
             sums = []
-        elif len(first) + width <= reach:  # every row at once, the source's cache shared
+        elif sliding is None or len(first) + width <= sliding:  # every row at once, the source's cache shared
             cache = copy.deepcopy(cache)  # kept for the source's next call
             cache.batch_repeat_interleave(len(later))
             sums = self._window_sums(cache, [windows[r] for r in later], [spans[r][1][0] for r in later])
@@ -142,21 +142,22 @@ class HFSentenceScorer:
         if self._source is None or self._source[0] != source:
             first = [self.tokenizer.bos_token_id, *self.tokenizer.encode(source, add_special_tokens=False)]
             read = self.model.model(input_ids=torch.tensor([first]), use_cache=True)
-            log_probs = torch.log_softmax(self.model.lm_head(read.last_hidden_state[0]).float(), dim=-1)
+            log_probs = self._log_probs(read.last_hidden_state[0])
             own = log_probs[:-1].gather(1, torch.tensor(first[1:])[:, None])[:, 0].tolist()
             self._source = (source, (first, getattr(read, self._cache_argument), log_probs, own))
         return self._source[1]
 
+    def _log_probs(self, hidden: torch.Tensor) -> torch.Tensor:
+        """log p of every word of the vocabulary after each hidden state (its output layer)."""
+        return torch.log_softmax(self.model.lm_head(hidden).float(), dim=-1)
+
     def _row_window_sum(self, row: list[int], start: int, end: int) -> float:
         hidden = self.model.model(input_ids=torch.tensor([row[:end - 1]])).last_hidden_state[0, start:]
-        log_probs = torch.log_softmax(self.model.lm_head(hidden).float(), dim=-1)
-        return log_probs.gather(1, torch.tensor(row[start + 1:end])[:, None]).sum().item()
+        return self._log_probs(hidden).gather(1, torch.tensor(row[start + 1:end])[:, None]).sum().item()
 
     def _window_sums(self, cache, windows: list[list[int]], starts: list[int]) -> list[float]:
         """log p of each window's tokens after its first, each row reading its window after the
         cached source (one row of `cache` a window), masked from the window's start on."""
-        if not windows:
-            return []
         width = max(map(len, windows)) - 1
         ids = torch.tensor([w[:-1] + [0] * (width + 1 - len(w)) for w in windows])
         begin = torch.tensor(starts)[:, None]
@@ -165,10 +166,10 @@ class HFSentenceScorer:
         hidden = self.model.model(input_ids=ids, **{self._cache_argument: cache}, position_ids=begin + torch.arange(width),
                                   attention_mask=torch.cat([before, filled], dim=1).long()).last_hidden_state
         at = filled.nonzero()
-        log_probs = torch.log_softmax(self.model.lm_head(hidden[at[:, 0], at[:, 1]]).float(), dim=-1)
         targets = torch.tensor([windows[i][j + 1] for i, j in at.tolist()])
+        token_log_probs = self._log_probs(hidden[at[:, 0], at[:, 1]]).gather(1, targets[:, None])[:, 0]
         sums = [0.0] * len(windows)
-        for (i, _), value in zip(at.tolist(), log_probs.gather(1, targets[:, None])[:, 0].tolist(), strict=True):
+        for (i, _), value in zip(at.tolist(), token_log_probs.tolist(), strict=True):
             sums[i] += value
         return sums
 
