@@ -3,6 +3,7 @@ and (input, target) files for evaluation."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -31,9 +32,11 @@ from correcteur.choose import (
 )
 from correcteur.choose_tuning import (
     EVERYDAY_ERRORS,
+    LEAD_GRID,
     MARGIN_GRID,
     Replay,
     nearby,
+    objective,
     save_weighings,
     tune_chooser,
 )
@@ -259,6 +262,29 @@ def test_the_best_candidate_of_each_cluster_wins_if_it_reaches_its_margin():
     assert [c.candidate.replacement for c in choose(weighing, config)] == ["mangez", "à Paris"]
 
 
+def test_a_winner_must_lead_its_runner_up_by_its_sources_lead():
+    text = "Il a mangé a Praris."
+    found = [candidate("Praris", "Paris", "speller", text), candidate("Praris", "Parsis", "speller", text),
+             candidate("a Praris", "à Paris", "model", text), candidate("a Praris", "à Praris", "homophone", text)]
+    table = {text: -30.0, "Il a mangé a Paris.": -18.0, "Il a mangé a Parsis.": -21.0, "Il a mangé à Paris.": -17.0,
+             "Il a mangé à Praris.": -29.0}
+    weighing = Weighing(TableScorer(table), text, found)
+    assert weighing.margins == [12.0, 9.0, 13.0, 1.0]
+
+    def kept(margins: dict, leads: dict) -> list[str]:
+        return [c.candidate.replacement for c in choose(weighing, ChooserConfig(margins=margins, leads=leads, joint=False))]
+
+    assert kept({"speller": 4.0}, {}) == ["Paris"]  # no lead asked: the best that reaches its margin
+    assert kept({"speller": 4.0}, {"speller": 3.0}) == ["Paris"]  # 12 against 9: a lead of 3
+    assert kept({"speller": 4.0}, {"speller": 3.5}) == []
+    assert kept({"speller": 4.0, "homophone": 0.0}, {"speller": 3.0}) == ["Paris"]
+    # a candidate that does not reach its own margin is still a runner-up: the judge liked it better
+    assert kept({"speller": 4.0, "model": 20.0}, {"speller": 3.0}) == []
+    assert kept({"speller": 4.0, "model": 20.0}, {}) == ["Paris"]
+    assert kept({"speller": 4.0, "model": 0.0}, {"model": 1.0}) == ["à Paris"]  # 13 against 12
+    assert kept({"homophone": 0.0}, {"homophone": 6.0}) == ["à Praris"]  # alone in its cluster: no runner-up
+
+
 def test_joint_scoring_takes_the_best_edit_first_and_drops_one_that_loses_its_margin_after_it():
     found = [candidate("manger", "mangé", "grammar"), candidate("a Paris", "à Paris", "homophone")]
     table = {SOURCE: -20.0, "Il a mangé a Paris.": -15.0, "Il a manger à Paris.": -17.0,
@@ -299,10 +325,14 @@ def test_the_chooser_scores_each_sentence_once_and_leaves_protected_text_alone()
 
 
 def test_chooser_config_round_trip(tmp_path):
-    config = ChooserConfig(margins={"grammar": -1.0, "model": None}, joint=False, scorer="gemma")
+    config = ChooserConfig(margins={"grammar": -1.0, "model": None}, leads={"grammar": 2.0}, joint=False,
+                           scorer="gemma")
     save_chooser_config(config, tmp_path, {"entries": 3})
     assert load_chooser_config(tmp_path) == config
-    assert load_chooser_config(tmp_path / "best.pt") == config  # a checkpoint file's folder
+    recorded = json.loads((tmp_path / "choose.json").read_text())
+    del recorded["config"]["leads"]  # tuned before leads were searched: none asked
+    (tmp_path / "choose.json").write_text(json.dumps(recorded))
+    assert load_chooser_config(tmp_path / "best.pt") == dataclasses.replace(config, leads={})  # a checkpoint file's folder
     (tmp_path / "untuned").mkdir()
     assert load_chooser_config(tmp_path / "untuned") is None
 
@@ -337,6 +367,23 @@ def test_tuning_finds_the_margins_that_fix_errors_without_harm():
     assert any(row["harm_rate"] > 0 for row in tried)
 
 
+def test_each_tuning_file_weighs_the_same_in_the_objective():
+    entries, table = synthetic_entries()
+    first, second = entries[:15], entries[15:]  # 15 errors; 5 errors and 10 correct sentences
+    config = ChooserConfig(margins={"model": 0.5})
+    table = {**table, **{e["output"]: 0.0 for e in entries[:10]}}  # the first ten fixes no longer win
+    both = Replay(TableScorer(table), entries, ("model",), progress=False, parts=[15, 15]).scores(config)
+    alone = [Replay(TableScorer(table), part, ("model",), progress=False).scores(config) for part in (first, second)]
+    assert both["error_reduction_by_part"] == [a["error_reduction"] for a in alone]
+    assert both["error_reduction_by_part"] == [pytest.approx(1 / 3), 1.0]
+    assert both["error_reduction"] == pytest.approx(0.5)  # pooled: 10 of 20 errors
+    assert objective(both) == pytest.approx(2 / 3)
+    assert objective({"error_reduction": 0.3}) == 0.3  # one file
+    assert objective({"error_reduction": None, "error_reduction_by_part": [None, 0.5]}) == 0.25
+    with pytest.raises(ValueError, match="do not add up"):
+        Replay(TableScorer(table), entries, ("model",), progress=False, parts=[15, 14])
+
+
 class ScriptedReplay:
     """Scores as a scripted function of two sources' margins: "a" loose fixes most but spends
     most of the harm allowed; "b" loose fixes more, but not beside a loose "a"."""
@@ -363,10 +410,31 @@ def test_tuning_moves_two_margins_at_once_where_one_at_a_time_is_stuck():
     assert ScriptedReplay().scores(config)["error_reduction"] == pytest.approx(0.7)
 
 
-def test_nearby_margins_run_from_loosest_to_off():
+class LeadReplay(ScriptedReplay):
+    """A speller whose loose margin fixes much but harms too much, unless its winners must lead
+    their runners-up by 2 nats or more (a lead of 4 or more leaves too little)."""
+
+    def scores(self, config: ChooserConfig) -> dict:
+        margin, lead = config.margins["speller"], config.leads.get("speller")
+        fixed, harm = (0.0, 0.0) if margin is None else (0.5, 0.05) if margin <= 4.0 else (0.1, 0.0)
+        if margin is not None and lead is not None and lead >= 2.0:
+            fixed, harm = (0.4 if lead < 4.0 else 0.2, 0.0)
+        return {"error_reduction": fixed, "harm_rate": harm, "clean_preserved": 1.0, "exact_match": 0.0,
+                "n": 1000, "n_clean": 100}
+
+
+def test_tuning_searches_a_sources_margin_and_lead_together():
+    config, tried = tune_chooser(LeadReplay(), ("speller",), scorer="table")
+    assert config.leads == {"speller": 2.0} and config.margins["speller"] is not None
+    assert LeadReplay().scores(config)["error_reduction"] == pytest.approx(0.4)
+    assert all(row["leads"] == {"speller": None} for row in tried[:2])  # it starts asking no lead
+
+
+def test_nearby_settings_run_from_loosest_to_strictest():
     assert nearby(-4.0, MARGIN_GRID) == [-4.0, -2.0, -1.0]
     assert nearby(None, MARGIN_GRID) == [6.0, 8.0, None]
     assert nearby(1.0, MARGIN_GRID, steps=1) == [0.0, 1.0, 2.0]
+    assert nearby(None, LEAD_GRID) == [None, 0.0, 1.0]  # asking no lead is the loosest
 
 
 def test_tuning_refuses_an_empty_split():

@@ -8,7 +8,9 @@ correction of the input, `scoring.py`) weighs them:
    the unchanged input: its margin, in nats;
 2. overlapping candidates compete (one span, one replacement): the one with the largest margin
    wins, if that margin reaches the one asked of its source (a rule's suggestion may need
-   little, a homophone swapped on a hunch much more);
+   little, a homophone swapped on a hunch much more) and it leads the runner-up by its source's lead (an
+   unknown word is so unlikely that any real word beats it by many nats: what tells a fix
+   from a guess is whether one replacement stands out among the others);
 3. the winners are taken one at a time, the best first, each scored on the sentence with the
    edits taken before it, while one still wins its margin there (two edits may each look good
    alone and fix the same error twice, or contradict each other).
@@ -52,6 +54,9 @@ class ChooserConfig:
     # set to None proposes nothing
     margins: dict[str, float | None] = field(default_factory=lambda: dict(DEFAULT_MARGINS))
     joint: bool = True  # the winners taken one at a time, each scored beside those taken before
+    # nats a cluster's winner must beat every other candidate proposed for its span by, per
+    # source of the winner (missing or None: it need only be the best of those reaching their margins)
+    leads: dict[str, float | None] = field(default_factory=dict)
     scorer: str = "finetuned"  # who judges: one of `SCORERS`
 
     def sources(self) -> tuple[str, ...]:
@@ -119,17 +124,21 @@ class Weighing:
 
 def choose(weighing: Weighing, config: ChooserConfig) -> list[Choice]:
     """The edits `config` keeps of a weighing: the best candidate of each cluster that wins its
-    source's margin; then (with `joint`) they are taken one at a time, the one that gains most
-    over its margin first, each scored on the text with the edits taken before it, until none
-    gains its margin any more. Two edits that fix one error twice ("à quitté" → "a quitté" and
+    source's margin (and leads the cluster's next best by its source's lead); then (with `joint`) they are
+    taken one at a time, the one that gains most over its margin first, each scored on the text
+    with the edits taken before it, until none gains its margin any more. Two edits that fix one error twice ("à quitté" → "a quitté" and
     "à quitter") so keep the better one, where judging each alone would keep both."""
     margins = config.margins
     winners = []
     for group in weighing.groups:
-        able = [i for i in group if margins.get(weighing.found[i].source) is not None
-                and weighing.margins[i] >= margins[weighing.found[i].source]]
-        if able:
-            best = max(able, key=lambda i: weighing.margins[i])
+        proposed = [i for i in group if margins.get(weighing.found[i].source) is not None]
+        able = [i for i in proposed if weighing.margins[i] >= margins[weighing.found[i].source]]
+        if not able:
+            continue
+        best = max(able, key=lambda i: weighing.margins[i])
+        runner_up = max((weighing.margins[i] for i in proposed if i != best), default=None)
+        lead = config.leads.get(weighing.found[best].source)
+        if lead is None or runner_up is None or weighing.margins[best] - runner_up >= lead:
             winners.append(Choice(weighing.found[best], weighing.margins[best]))
     if not config.joint or len(winners) < 2:
         return winners

@@ -1,13 +1,15 @@
 """Tuning the chooser's margins on the validation split, with the guard's rule.
 
 Every validation entry is weighed once (its candidates scored by the judge); then settings are
-replayed on those scores. The margins are searched one source at a time (coordinate ascent,
-two rounds): a full grid over eight sources would be millions of settings. A setting is
+replayed on those scores. Each source has a margin its candidates must win by over the unchanged
+text; those that replace unknown words (`LED_SOURCES`) also a lead their winner must have over
+the runner-up for the same span (`ChooserConfig.leads`). They are searched one source at a time,
+margin and lead together (coordinate ascent, two rounds): a full grid over eight sources would be millions of settings. A setting is
 eligible when harm and clean-text preservation meet their targets one standard error inside
 their bounds (`guard_tuning.meets_targets`), and the eligible one with the best error reduction
-wins. One source at a time stops where loosening a source costs more harm than the targets
-allow, though tightening another would pay for it: pairs of sources are then moved together, a
-few grid steps around the margins found, again from each better setting. The search takes the
+(averaged over the tuning files, `objective`) wins. One source at a time stops where loosening a source costs more harm than the targets
+allow, though tightening another would pay for it: pairs of settings are then moved together, a
+few grid steps around those found, again from each better setting. The search takes the
 winners together (`joint`), as the chooser does by default; judging each edit alone is tried
 last, on the margins found. The weighings (with every combination scored during the search) are
 kept beside the checkpoint, so that tuning again costs seconds.
@@ -48,7 +50,16 @@ GUARD_VAL_FILE = "guard_val_responses.json"  # written by `guard_tuning.calibrat
 # elisions, hyphens) and as many correct sentences, written by the team for tuning beside the
 # synthetic validation split, whose errors come from the augmentation that made the training data.
 EVERYDAY_ERRORS = CORPUS_DIR / "everyday_errors.tsv"
-MARGIN_GRID = (None, -4.0, -2.0, -1.0, 0.0, 1.0, 2.0, 3.0, 4.0, 6.0, 8.0)
+# Both grids run from loosest to strictest: a source off (None) keeps nothing; no lead asked
+# (None) keeps the best candidate that reaches its margin, however close the runner-up.
+MARGIN_GRID = (-4.0, -2.0, -1.0, 0.0, 1.0, 2.0, 3.0, 4.0, 6.0, 8.0, None)
+LEAD_GRID = (None, 0.0, 1.0, 2.0, 4.0, 6.0)
+# The sources that replace words the lexicon does not know. Such a word is never the answer, and
+# so unlikely that any real word beats it by many nats: their margin says little, and the lead of
+# their winner over the runner-up tells a fix from a guess. A known word may be right as it is:
+# the margin over it already measures how sure the judge is. (Searched for every source, leads
+# raised the validation scores but lost LanguageTool's set 0.13 of error reduction: see README.)
+LED_SOURCES = ("speller", "lexicon")
 # The issue asks 0.99 of clean sentences kept on LanguageTool's set; on a validation split of a few
 # dozen clean sentences no setting can show it one standard error inside the bound (with n clean
 # sentences all kept, the Wilson lower bound is n / (n + 1): 0.979 for 46), so the guard's 0.97 is asked.
@@ -101,11 +112,15 @@ def save_weighings(weighings: list[Weighing], keys: list[tuple], cache: Path) ->
 
 
 class Replay:
-    """Validation entries weighed once, and the scores of any setting replayed on them."""
+    """Validation entries weighed once, and the scores of any setting replayed on them. `parts`
+    counts the entries of each tuning file, in order (none: one file)."""
 
     def __init__(self, scorer: Scorer, entries: list[dict], sources: tuple[str, ...] = SOURCES,
-                 progress: bool = True, cache: Path | None = None):
+                 progress: bool = True, cache: Path | None = None, parts: list[int] | None = None):
         self.entries = entries
+        self.parts = parts or [len(entries)]
+        if sum(self.parts) != len(entries):
+            raise ValueError(f"parts {self.parts} do not add up to the {len(entries)} entries")
         self.key = weighing_key(scorer, entries, sources)
         self.weighings = weigh_entries(scorer, entries, sources, cache, progress)
         self._stats: dict[tuple[int, str], EntryStats] = {}
@@ -120,66 +135,85 @@ class Replay:
                 entry = {**self.entries[index], "model_response": response}
                 self._stats[index, response] = entry_stats(*entry_texts(entry, index))
             stats.append(self._stats[index, response])
-        return aggregate(stats)
+        bounds = list(itertools.accumulate(self.parts, initial=0))
+        by_part = [aggregate(stats[start:end])["error_reduction"] for start, end in itertools.pairwise(bounds)]
+        return {**aggregate(stats), "error_reduction_by_part": by_part}
 
 
 def tune_chooser(replay: Replay, sources: tuple[str, ...] = SOURCES, scorer: str = "finetuned",
                  max_harm: float = MAX_HARM, min_clean: float = MIN_CLEAN, z: float = 1.0,
-                 grid: tuple[float | None, ...] = MARGIN_GRID, rounds: int = 2,
-                 pair_rounds: int = PAIR_ROUNDS) -> tuple[ChooserConfig, list[dict]]:
-    """The margins (and `joint`) with the best error reduction that meet the targets on the
-    replayed entries, and every setting tried with its scores. It starts from every source off
-    (the copy baseline, which always meets them), moves one source's margin at a time, then
-    pairs of them, with the edits taken together (`joint`); each edit judged alone is tried
-    last, on the margins found."""
+                 grid: tuple[float | None, ...] = MARGIN_GRID, lead_grid: tuple[float | None, ...] = LEAD_GRID,
+                 rounds: int = 2, pair_rounds: int = PAIR_ROUNDS) -> tuple[ChooserConfig, list[dict]]:
+    """The margins, leads (and `joint`) with the best error reduction that meet the targets on
+    the replayed entries, and every setting tried with its scores. It starts from every source
+    off and no leads (the copy baseline, which always meets them), moves one margin at a time,
+    then pairs of them, with the edits taken together (`joint`); each edit judged alone is
+    tried last, on the margins found."""
     if not replay.entries:
         raise UserError("no validation entries to tune the chooser on")
     tried: dict[tuple, dict] = {}  # each setting once: the search comes back to the best one often
+    led = [source for source in sources if source in LED_SOURCES]
+    knobs = [("margin", source) for source in sources] + [("lead", source) for source in led]
+    grids = {knob: grid if knob[0] == "margin" else lead_grid for knob in knobs}
 
-    def trial(margins: dict, joint: bool) -> dict:
-        key = (tuple(margins.items()), joint)
+    def config_of(setting: dict, joint: bool) -> ChooserConfig:
+        return ChooserConfig(margins={source: setting["margin", source] for source in sources},
+                             leads={source: setting["lead", source] for source in led}, joint=joint, scorer=scorer)
+
+    def trial(setting: dict, joint: bool) -> dict:
+        key = (tuple(setting.items()), joint)
         if key not in tried:
-            s = replay.scores(ChooserConfig(margins=dict(margins), joint=joint, scorer=scorer))
-            tried[key] = {"margins": dict(margins), "joint": joint,
+            config = config_of(setting, joint)
+            s = replay.scores(config)
+            tried[key] = {"margins": config.margins, "leads": config.leads, "joint": joint,
                           "meets_targets": meets_targets(s, max_harm, min_clean, z),
+                          "objective": objective(s),
                           **{k: s[k] for k in ("error_reduction", "harm_rate", "clean_preserved", "exact_match",
                                                "n", "n_clean")}}
         return tried[key]
 
     def better(row: dict, best: dict) -> bool:
-        return row["meets_targets"] and (row["error_reduction"] or 0.0) > (best["error_reduction"] or 0.0)
+        return row["meets_targets"] and row["objective"] > best["objective"]
 
-    margins: dict[str, float | None] = {source: None for source in sources}
-    best = trial(margins, True)
-    for _ in range(rounds):
+    setting: dict[str, float | None] = {knob: None for knob in knobs}
+    best = trial(setting, True)
+    for _ in range(rounds):  # a source's margin and lead together: a lead matters only once it proposes
         for source in tqdm(sources, desc="tuning the chooser", unit="source", disable=None):
-            for value in grid:
-                row = trial({**margins, source: value}, True)
+            for margin, lead in itertools.product(grid, lead_grid if source in led else (None,)):
+                moved = {**setting, ("margin", source): margin} | ({("lead", source): lead} if source in led else {})
+                row = trial(moved, True)
                 if better(row, best):
-                    best, margins = row, {**margins, source: value}
-    for _ in range(pair_rounds):  # then two sources moved at once: one gives up harm the other spends
+                    best, setting = row, moved
+    best_setting = setting
+    for _ in range(pair_rounds):  # then two margins moved at once: one gives up harm the other spends
         found = best
-        for first, second in tqdm(list(itertools.combinations(sources, 2)), desc="tuning the chooser (pairs)",
+        for first, second in tqdm(list(itertools.combinations(knobs, 2)), desc="tuning the chooser (pairs)",
                                   unit="pair", disable=None):
-            for a, b in itertools.product(nearby(margins[first], grid), nearby(margins[second], grid)):
-                row = trial({**margins, first: a, second: b}, True)
+            for a, b in itertools.product(nearby(setting[first], grids[first]), nearby(setting[second], grids[second])):
+                moved = {**setting, first: a, second: b}
+                row = trial(moved, True)
                 if better(row, best):
-                    best = row
+                    best, best_setting = row, moved
         if best is found:
             break
-        margins = dict(best["margins"])
-    alone = trial(margins, False)
-    if better(alone, best):
-        best = alone
-    return ChooserConfig(margins=best["margins"], joint=best["joint"], scorer=scorer), list(tried.values())
+        setting = best_setting
+    alone = trial(setting, False)
+    return config_of(setting, not better(alone, best)), list(tried.values())
+
+
+def objective(scores: dict) -> float:
+    """What the search maximizes: the error reduction of each tuning file, averaged. Pooled, the
+    synthetic split would decide alone: it has more entries, and several typos a sentence weigh
+    more in an error reduction (a share of edit distance) than the one or two everyday errors
+    of a sentence people wrote."""
+    parts = [e or 0.0 for e in scores.get("error_reduction_by_part", [scores["error_reduction"]])]
+    return sum(parts) / len(parts)
 
 
 def nearby(value: float | None, grid: tuple[float | None, ...], steps: int = PAIR_STEPS) -> list[float | None]:
-    """The grid's margins within `steps` of `value`, from loosest to strictest (off, None, is
-    the strictest of all: it keeps nothing)."""
-    ordered = sorted(v for v in grid if v is not None) + [None] * (None in grid)
-    at = ordered.index(value)
-    return ordered[max(0, at - steps):at + steps + 1]
+    """The values of `grid` (which runs from loosest to strictest) within `steps` of `value`."""
+    at = grid.index(value)
+    return list(grid[max(0, at - steps):at + steps + 1])
 
 
 def shown_path(path: str | Path) -> str:
@@ -200,7 +234,8 @@ def calibrate_chooser(checkpoint: str | Path, val_paths: str | Path | list[str |
     paths = [val_paths] if isinstance(val_paths, (str, Path)) else list(val_paths)
     with run_lock(folder, "chooser tuning"):
         corrector = Corrector.from_checkpoint(checkpoint, guard=False, chooser=False, batch_size=batch_size)
-        entries = [e for path in paths for e in usable_entries(load_entries(path)[:limit], str(path))]
+        files = [usable_entries(load_entries(path)[:limit], str(path)) for path in paths]
+        entries = [e for entries_of_file in files for e in entries_of_file]
         if model_edits:  # the guard's tuning answered the same split: its answers are reused
             answers = folder / "choose_val_answers.json"
             if not answers.exists() and (folder / GUARD_VAL_FILE).is_file():
@@ -209,7 +244,7 @@ def calibrate_chooser(checkpoint: str | Path, val_paths: str | Path | list[str |
         judge = make_scorer(scorer, corrector.model, corrector.tokenizer, corrector.meta)
         sources = SOURCES if model_edits else tuple(s for s in SOURCES if s != "model")
         cache = folder / f"choose_val_weighings_{scorer}.pkl"
-        replay = Replay(judge, entries, sources, cache=cache)
+        replay = Replay(judge, entries, sources, cache=cache, parts=[len(f) for f in files])
         config, tried = tune_chooser(replay, sources, scorer)
         save_weighings(replay.weighings, replay.key, cache)  # with the scores the search added
         write_json(folder / "choose_val_responses.json",  # what the margins were tuned on
