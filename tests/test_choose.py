@@ -424,10 +424,12 @@ class LeadReplay(ScriptedReplay):
 
 
 def test_tuning_searches_a_sources_margin_and_lead_together():
-    config, tried = tune_chooser(LeadReplay(), ("speller",), scorer="table")
+    config, tried = tune_chooser(LeadReplay(), ("speller",), scorer="table", lead_sources=("speller",))
     assert config.leads == {"speller": 2.0} and config.margins["speller"] is not None
     assert LeadReplay().scores(config)["error_reduction"] == pytest.approx(0.4)
     assert all(row["leads"] == {"speller": None} for row in tried[:2])  # it starts asking no lead
+    unled, _ = tune_chooser(LeadReplay(), ("speller",), scorer="table")  # leads are searched when asked
+    assert unled.leads == {} and LeadReplay().scores(unled)["error_reduction"] == pytest.approx(0.1)
 
 
 def test_nearby_settings_run_from_loosest_to_strictest():
@@ -467,9 +469,9 @@ def test_weighings_are_reused_from_their_cache_only_for_the_same_entries_and_jud
 
 def test_the_everyday_errors_are_ours_and_well_formed():
     entries = load_entries(EVERYDAY_ERRORS)
-    assert len(entries) == 213
+    assert len(entries) == 373
     clean = [e for e in entries if e["input"] == e["output"]]
-    assert len(clean) == 93 and all(e.get("type") in (None, "none") for e in clean)
+    assert len(clean) == 153 and all(e.get("type") in (None, "none") for e in clean)
     assert all(e.get("type") not in (None, "none") for e in entries if e["input"] != e["output"])
     assert len({e["input"] for e in entries}) == len(entries)
     corpus = {r.output for r in load_embedded()}  # never a sentence the model was trained on

@@ -143,16 +143,17 @@ class Replay:
 def tune_chooser(replay: Replay, sources: tuple[str, ...] = SOURCES, scorer: str = "finetuned",
                  max_harm: float = MAX_HARM, min_clean: float = MIN_CLEAN, z: float = 1.0,
                  grid: tuple[float | None, ...] = MARGIN_GRID, lead_grid: tuple[float | None, ...] = LEAD_GRID,
-                 rounds: int = 2, pair_rounds: int = PAIR_ROUNDS) -> tuple[ChooserConfig, list[dict]]:
+                 lead_sources: tuple[str, ...] = (), rounds: int = 2,
+                 pair_rounds: int = PAIR_ROUNDS) -> tuple[ChooserConfig, list[dict]]:
     """The margins, leads (and `joint`) with the best error reduction that meet the targets on
     the replayed entries, and every setting tried with its scores. It starts from every source
-    off and no leads (the copy baseline, which always meets them), moves one margin at a time,
-    then pairs of them, with the edits taken together (`joint`); each edit judged alone is
-    tried last, on the margins found."""
+    off and no leads (the copy baseline, which always meets them), moves one source at a time
+    (the margin, and the lead of those in `lead_sources`), then pairs of settings, with the edits
+    taken together (`joint`); each edit judged alone is tried last, on the settings found."""
     if not replay.entries:
         raise UserError("no validation entries to tune the chooser on")
     tried: dict[tuple, dict] = {}  # each setting once: the search comes back to the best one often
-    led = [source for source in sources if source in LED_SOURCES]
+    led = [source for source in sources if source in lead_sources]
     knobs = [("margin", source) for source in sources] + [("lead", source) for source in led]
     grids = {knob: grid if knob[0] == "margin" else lead_grid for knob in knobs}
 
@@ -224,11 +225,13 @@ def shown_path(path: str | Path) -> str:
 
 
 def calibrate_chooser(checkpoint: str | Path, val_paths: str | Path | list[str | Path], scorer: str = "finetuned",
-                      limit: int | None = None, batch_size: int = 32, model_edits: bool = True) -> ChooserConfig:
+                      limit: int | None = None, batch_size: int = 32, model_edits: bool = True,
+                      leads: bool = False) -> ChooserConfig:
     """Answer the validation entries (for the model's own candidates), weigh every entry's
     candidates with `scorer`, tune the margins and save them as choose.json beside the
     checkpoint, where `Corrector.from_checkpoint` finds them. `val_paths` may name several
-    files (the split, and `EVERYDAY_ERRORS`); `limit` takes the first entries of each. The
+    files (the split, and `EVERYDAY_ERRORS`); `limit` takes the first entries of each; `leads`
+    also searches the leads of `LED_SOURCES`. The
     folder is locked throughout, as guard tuning locks it."""
     folder = checkpoint_folder(checkpoint)
     paths = [val_paths] if isinstance(val_paths, (str, Path)) else list(val_paths)
@@ -245,7 +248,7 @@ def calibrate_chooser(checkpoint: str | Path, val_paths: str | Path | list[str |
         sources = SOURCES if model_edits else tuple(s for s in SOURCES if s != "model")
         cache = folder / f"choose_val_weighings_{scorer}.pkl"
         replay = Replay(judge, entries, sources, cache=cache, parts=[len(f) for f in files])
-        config, tried = tune_chooser(replay, sources, scorer)
+        config, tried = tune_chooser(replay, sources, scorer, lead_sources=LED_SOURCES if leads else ())
         save_weighings(replay.weighings, replay.key, cache)  # with the scores the search added
         write_json(folder / "choose_val_responses.json",  # what the margins were tuned on
                    [{**e, "model_response": r} for e, r in zip(entries, replay.responses(config), strict=True)])
