@@ -57,8 +57,8 @@ LEAD_GRID = (None, 0.0, 1.0, 2.0, 4.0, 6.0)
 # The sources that replace words the lexicon does not know. Such a word is never the answer, and
 # so unlikely that any real word beats it by many nats: their margin says little, and the lead of
 # their winner over the runner-up tells a fix from a guess. A known word may be right as it is:
-# the margin over it already measures how sure the judge is. (Searched for every source, leads
-# raised the validation scores but lost LanguageTool's set 0.13 of error reduction: see README.)
+# the margin over it already measures how sure the judge is. Searched only when asked
+# (`calibrate_chooser(leads=True)`): they win on typos and lose on LanguageTool's set (README).
 LED_SOURCES = ("speller", "lexicon")
 # The issue asks 0.99 of clean sentences kept on LanguageTool's set; on a validation split of a few
 # dozen clean sentences no setting can show it one standard error inside the bound (with n clean
