@@ -13,6 +13,7 @@ from correcteur.candidates import (
     Candidate,
     accent_variants,
     candidates,
+    compound_candidates,
     elision_candidates,
     grammalecte_candidates,
     grammalecte_checker,
@@ -90,6 +91,17 @@ def test_elision_candidates():
     text = "Je aime le arbre de Anne."
     assert spans(text, elision_candidates(text)) == {("Je ", "J'", "elision"), ("le ", "l'", "elision"),
                                                      ("de ", "d'", "elision")}
+
+
+def test_compound_candidates_join_known_compounds_and_split_unknown_words():
+    text = "Mes grands parents viendront après demain, c'est à dire depuis long temps avecune amie."
+    assert spans(text, compound_candidates(text)) == {
+        ("grands parents", "grands-parents", "compound"), ("après demain", "après-demain", "compound"),
+        ("c'est à dire", "c'est-à-dire", "compound"), ("long temps", "longtemps", "compound"),
+        ("avecune", "avec une", "compound")}
+    assert compound_candidates("Peut être demain.")[0].replacement == "Peut-être"  # the case kept
+    # words apart by more than one space, or a comma, are not a compound; nor is a name cut up
+    assert compound_candidates("après  demain, peut, être chez Martinbrun") == []
 
 
 def test_model_candidates_are_the_changed_stretches_with_offsets():

@@ -10,6 +10,8 @@ Each source knows something the model cannot learn from 2,767 sentences:
 - `homophone`: confusion sets (a/à, ces/ses/c'est/s'est, ...) and Grammalecte's homophone table;
 - `variant`: agreement and verb-ending forms one sound away (enfant → enfants, aller → allé);
 - `elision`: le arbre → l'arbre, que il → qu'il;
+- `compound`: words the word list knows joined (peut être → peut-être, long temps → longtemps)
+  or an unknown word split in two known ones (avecune → avec une);
 - `model`: what the fine-tuned model itself answered.
 
 A candidate is a span of the text and its replacement; nothing here decides whether it is right.
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import itertools
 import re
 import sys
 import unicodedata
@@ -36,7 +39,7 @@ from correcteur.augment import (
 )
 from correcteur.textdiff import edit_pieces, typo_distance
 
-SOURCES = ("grammar", "speller", "lexicon", "accent", "homophone", "variant", "elision", "model")
+SOURCES = ("grammar", "speller", "lexicon", "accent", "homophone", "variant", "elision", "compound", "model")
 SYSTEM_PACKAGES = [Path("/usr/lib/python3/dist-packages"), Path("/usr/share/grammalecte")]
 # Typographic rules that would "correct" the project's conventions rather than spelling or
 # grammar: straight apostrophe (apos), plain spaces before ? ! : ; (nbsp) and units (unit),
@@ -50,6 +53,8 @@ ELIDABLE = {"le": "l'", "la": "l'", "de": "d'", "que": "qu'", "je": "j'", "me": 
 ELISION = re.compile(r"(?<![\w'’])(" + "|".join(ELIDABLE) + r") (?=[aeiouyàâéèêëîïôûœh])", re.IGNORECASE)
 ACCENTED = {"a": "àâ", "e": "éèêë", "i": "îï", "o": "ô", "u": "ùûü", "c": "ç"}
 MAX_PER_SPAN = 6  # candidates one source may propose for one span (the most likely first)
+WORD = re.compile(r"[^\W\d_]+(?:['’-][^\W\d_]+)*")  # c'est, peut-être: a word as a compound's part
+MAX_SPLITS = 3  # ways to split one unknown word, the most frequent parts first
 
 
 @dataclass(frozen=True)
@@ -256,6 +261,35 @@ def elision_candidates(text: str) -> list[Candidate]:
             for m in ELISION.finditer(text)]
 
 
+def compound_candidates(text: str) -> list[Candidate]:
+    """Two or three words the word list knows as one, hyphenated (après demain → après-demain,
+    c'est à dire → c'est-à-dire) or, for two, closed up (long temps → longtemps); and an unknown
+    word cut in two known ones (avecune → avec une)."""
+    lexicon = french_lexicon()
+    words = list(WORD.finditer(text))
+    found = []
+    for i in range(len(words)):
+        for j in (i + 1, i + 2):
+            run = words[i:j + 1]
+            if len(run) < j - i + 1 or any(text[a.end():b.start()] != " " for a, b in itertools.pairwise(run)):
+                continue
+            parts = [m.group() for m in run]
+            joins = ["-".join(parts)] + (["".join(parts)] if len(parts) == 2 else [])
+            found += [Candidate(run[0].start(), run[-1].end(), match_case(parts[0], w), "compound")
+                      for w in joins if w.lower() in lexicon]
+    counts = word_frequencies()
+    for m in PLAIN_WORD.finditer(text):
+        word, start = m.group(), m.start()
+        if len(word) < 5 or is_known(word) or (word[:1].isupper() and start > 0):
+            continue
+        lower = word.lower()
+        cuts = [(lower[:k], lower[k:]) for k in range(1, len(lower))
+                if (k > 1 or lower[0] in "aày") and lower[:k] in counts and lower[k:] in counts and len(lower) - k > 1]
+        cuts.sort(key=lambda cut: -min(counts[cut[0]], counts[cut[1]]))
+        found += [Candidate(start, m.end(), match_case(word, f"{a} {b}"), "compound") for a, b in cuts[:MAX_SPLITS]]
+    return found
+
+
 def model_candidates(source: str, answer: str) -> list[Candidate]:
     """The model's answer as candidates: one per changed stretch of `edit_pieces`."""
     found, offset = [], 0
@@ -275,7 +309,7 @@ def candidates(text: str, answer: str | None = None, sources: tuple[str, ...] = 
     found = []
     if {"grammar", "speller"} & set(sources):
         found += grammalecte_candidates(text)
-    found += word_candidates(text) + elision_candidates(text)
+    found += word_candidates(text) + elision_candidates(text) + compound_candidates(text)
     if answer is not None:
         found += model_candidates(text, answer)
     unique: dict[tuple[int, int, str], Candidate] = {}

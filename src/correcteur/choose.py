@@ -39,13 +39,13 @@ from correcteur.weights import load_gemma, load_recorded_base
 CHOOSER_FILE = "choose.json"
 SOURCE_NAMES = {"grammar": "grammalecte", "speller": "grammalecte (orthographe)", "lexicon": "lexique",
                 "accent": "accents", "homophone": "homophones", "variant": "accords et terminaisons",
-                "elision": "élision", "model": "modèle"}  # as `Corrector.suggest` names them
+                "elision": "élision", "compound": "mots composés", "model": "modèle"}  # as `Corrector.suggest` names them
 RECENT = 256  # choices kept for `Corrector.suggest` to explain
 MAX_MODEL_TYPOS = 2  # a stretch of the model's answer further from its source is a guess, not a fix
 # Before tuning: trust a rule's suggestion, ask more of guesses from the word list and more
 # still of a real word swapped for another (homophones, agreement forms).
 DEFAULT_MARGINS = {"grammar": 0.0, "speller": 1.0, "lexicon": 1.0, "accent": 2.0, "homophone": 3.0,
-                   "variant": 3.0, "elision": 1.0, "model": 1.0}
+                   "variant": 3.0, "elision": 1.0, "compound": 2.0, "model": 1.0}
 
 
 @dataclass
