@@ -48,7 +48,7 @@ EXAMPLES = 10
 
 def replayed(weighing: Weighing, config) -> str:
     """The chooser's answer, from the margins already measured for every source."""
-    chosen = choose(weighing.narrowed(config.sources()), config)
+    chosen = choose(weighing, config)
     return apply_candidates(weighing.text, [c.candidate for c in chosen])
 
 

@@ -29,6 +29,7 @@ from correcteur.choose import (
     choose,
     clusters,
     load_chooser_config,
+    proposals,
     save_chooser_config,
 )
 from correcteur.choose_tuning import (
@@ -100,8 +101,10 @@ def test_compound_candidates_join_known_compounds_and_split_unknown_words():
         ("c'est à dire", "c'est-à-dire", "compound"), ("long temps", "longtemps", "compound"),
         ("avecune", "avec une", "compound")}
     assert compound_candidates("Peut être demain.")[0].replacement == "Peut-être"  # the case kept
-    # words apart by more than one space, or a comma, are not a compound; nor is a name cut up
+    # words apart by more than one space, or a comma, are not a compound; nor is a name cut up,
+    # nor the stem of an elided word
     assert compound_candidates("après  demain, peut, être chez Martinbrun") == []
+    assert compound_candidates("Quelqu'un viendra jusqu'à lorsqu'elle partira.") == []
 
 
 def test_model_candidates_are_the_changed_stretches_with_offsets():
@@ -295,6 +298,32 @@ def test_a_winner_must_lead_its_runner_up_by_its_sources_lead():
     assert kept({"speller": 4.0, "model": 20.0}, {}) == ["Paris"]
     assert kept({"speller": 4.0, "model": 0.0}, {"model": 1.0}) == ["à Paris"]  # 13 against 12
     assert kept({"homophone": 0.0}, {"homophone": 6.0}) == ["à Praris"]  # alone in its cluster: no runner-up
+
+
+def test_a_replayed_setting_chooses_what_the_live_chooser_chooses():
+    """A weighing of every source keeps each source's own candidates, so that a setting with
+    "accent" off still finds the "où" that accent and homophone both propose, named as the live
+    chooser names it, in the clusters the live chooser makes."""
+    text = "Je ne sais pas ou il est."
+    table = {"Je ne sais pas où il est.": 5.0, "Je ne sait pas ou il est.": 2.0, "Je ne sait pas où il est.": 7.0}
+    everything = Weighing(TableScorer(table), text, proposals(text, None, ("accent", "homophone"), one_per_edit=False))
+    assert {c.source for c in everything.found if c.replacement == "où"} == {"accent", "homophone"}
+    for margins in ({"homophone": 1.0}, {"accent": 1.0, "homophone": 1.0}, {"accent": 1.0}, {"homophone": 2.5}):
+        config = ChooserConfig(margins=margins)
+        live = Chooser(TableScorer(table), config)
+        replayed = [(c.candidate, c.margin) for c in choose(everything, config)]
+        assert replayed == [(c.candidate, c.margin) for c in live.choices(text)]
+    assert [c.candidate.source for c in choose(everything, ChooserConfig(margins={"accent": 1.0, "homophone": 1.0}))] \
+        == ["homophone", "accent"]  # "sait", then "où" named by the first source that proposes it
+
+
+def test_a_lead_is_over_another_sentence_not_over_the_same_edit_spelt_wider():
+    text = "Il vit à Praris."
+    found = [candidate("Praris", "Paris", "speller", text), candidate("Praris", "Parsis", "speller", text),
+             candidate("Praris.", "Paris.", "model", text)]
+    weighing = Weighing(TableScorer({text: -30.0, "Il vit à Paris.": -15.0, "Il vit à Parsis.": -25.0}), text, found)
+    config = ChooserConfig(margins={"speller": 4.0, "model": 4.0}, leads={"speller": 6.0}, joint=False)
+    assert [c.candidate.source for c in choose(weighing, config)] == ["speller"]  # 15 against Parsis's 5
 
 
 def test_joint_scoring_takes_the_best_edit_first_and_drops_one_that_loses_its_margin_after_it():

@@ -279,14 +279,15 @@ def compound_candidates(text: str) -> list[Candidate]:
                       for w in joins if w.lower() in lexicon]
     counts = word_frequencies()
     for m in PLAIN_WORD.finditer(text):
-        word, start = m.group(), m.start()
-        if len(word) < 5 or is_known(word) or (word[:1].isupper() and start > 0):
+        word, start, end = m.group(), m.start(), m.end()
+        elided = text[end:end + 1] in ("'", "’") or (start and text[start - 1] in "'’")  # quelqu'un
+        if len(word) < 5 or elided or is_known(word) or (word[:1].isupper() and start > 0):
             continue
         lower = word.lower()
         cuts = [(lower[:k], lower[k:]) for k in range(1, len(lower))
                 if (k > 1 or lower[0] in "aày") and lower[:k] in counts and lower[k:] in counts and len(lower) - k > 1]
         cuts.sort(key=lambda cut: -min(counts[cut[0]], counts[cut[1]]))
-        found += [Candidate(start, m.end(), match_case(word, f"{a} {b}"), "compound") for a, b in cuts[:MAX_SPLITS]]
+        found += [Candidate(start, end, match_case(word, f"{a} {b}"), "compound") for a, b in cuts[:MAX_SPLITS]]
     return found
 
 
@@ -303,17 +304,20 @@ def model_candidates(source: str, answer: str) -> list[Candidate]:
     return found
 
 
-def candidates(text: str, answer: str | None = None, sources: tuple[str, ...] = SOURCES) -> list[Candidate]:
+def candidates(text: str, answer: str | None = None, sources: tuple[str, ...] = SOURCES,
+               one_per_edit: bool = True) -> list[Candidate]:
     """Every candidate edit for `text` from the chosen sources, each (span, replacement) once
-    (the first source to propose it names it); `answer` is the model's own, when it has one."""
+    (the first source to propose it names it) or, without `one_per_edit`, once per source that
+    proposes it (so that a weighing of every source can be narrowed to any of them, `Weighing.
+    narrowed`); `answer` is the model's own, when it has one."""
     found = []
     if {"grammar", "speller"} & set(sources):
         found += grammalecte_candidates(text)
     found += word_candidates(text) + elision_candidates(text) + compound_candidates(text)
     if answer is not None:
         found += model_candidates(text, answer)
-    unique: dict[tuple[int, int, str], Candidate] = {}
+    unique: dict[tuple, Candidate] = {}
     for c in found:
         if c.source in sources and text[c.start:c.end] != c.replacement:
-            unique.setdefault((c.start, c.end, c.replacement), c)
+            unique.setdefault((c.start, c.end, c.replacement) + (() if one_per_edit else (c.source,)), c)
     return sorted(unique.values(), key=lambda c: (c.start, c.end, SOURCES.index(c.source)))

@@ -109,8 +109,14 @@ class Weighing:
 
     def narrowed(self, sources: tuple[str, ...]) -> Weighing:
         """This weighing with only the candidates of `sources`, as `Chooser.weigh` would have
-        proposed them, reusing every score (a candidate's margin does not depend on the others)."""
-        return Weighing(self.scorer, self.text, [c for c in self.found if c.source in sources], self._scores)
+        proposed them (an edit two sources propose named by the first), reusing every score (a
+        candidate's margin does not depend on the others)."""
+        kept: dict[tuple[int, int, str], Candidate] = {}
+        for c in sorted(self.found, key=lambda c: (c.start, c.end, SOURCES.index(c.source))):
+            if c.source in sources:
+                kept.setdefault((c.start, c.end, c.replacement), c)
+        found = list(kept.values())
+        return self if found == self.found else Weighing(self.scorer, self.text, found, self._scores)
 
     def score(self, texts: list[str]) -> None:
         todo = [t for t in dict.fromkeys([self.text, *texts]) if t not in self._scores]
@@ -123,20 +129,24 @@ class Weighing:
 
 
 def choose(weighing: Weighing, config: ChooserConfig) -> list[Choice]:
-    """The edits `config` keeps of a weighing: the best candidate of each cluster that wins its
-    source's margin (and leads the cluster's next best by its source's lead); then (with `joint`) they are
-    taken one at a time, the one that gains most over its margin first, each scored on the text
-    with the edits taken before it, until none gains its margin any more. Two edits that fix one error twice ("à quitté" → "a quitté" and
-    "à quitter") so keep the better one, where judging each alone would keep both."""
+    """The edits `config` keeps of a weighing (narrowed to its sources): the best candidate of
+    each cluster that wins its source's margin (and leads by its source's lead the best other
+    sentence proposed for the cluster); then (with `joint`) they are taken one at a time, the
+    one that gains most over its margin first, each scored on the text with the edits taken
+    before it, until none gains its margin any more. Two edits that fix one error twice ("à
+    quitté" → "a quitté" and "à quitter") so keep the better one, where judging each alone
+    would keep both."""
+    weighing = weighing.narrowed(config.sources())
     margins = config.margins
     winners = []
     for group in weighing.groups:
-        proposed = [i for i in group if margins.get(weighing.found[i].source) is not None]
-        able = [i for i in proposed if weighing.margins[i] >= margins[weighing.found[i].source]]
+        able = [i for i in group if weighing.margins[i] >= margins[weighing.found[i].source]]
         if not able:
             continue
         best = max(able, key=lambda i: weighing.margins[i])
-        runner_up = max((weighing.margins[i] for i in proposed if i != best), default=None)
+        fixed = weighing.found[best].apply(weighing.text)
+        runner_up = max((weighing.margins[i] for i in group if weighing.found[i].apply(weighing.text) != fixed),
+                        default=None)  # "Praris" → "Paris" and "Praris." → "Paris." are one sentence
         lead = config.leads.get(weighing.found[best].source)
         if lead is None or runner_up is None or weighing.margins[best] - runner_up >= lead:
             winners.append(Choice(weighing.found[best], weighing.margins[best]))
@@ -197,9 +207,9 @@ class Chooser:
         return f"candidats : {', '.join(self.config.sources())} ; {rules} ; juge : {self.scorer.name}"
 
 
-def proposals(source: str, answer: str | None, sources: tuple[str, ...]) -> list[Candidate]:
+def proposals(source: str, answer: str | None, sources: tuple[str, ...], one_per_edit: bool = True) -> list[Candidate]:
     """The candidates the chooser weighs: `candidates`, less the model's far stretches."""
-    return [c for c in candidates(source, answer, sources)
+    return [c for c in candidates(source, answer, sources, one_per_edit)
             if c.source != "model" or typo_distance(source[c.start:c.end], c.replacement) <= MAX_MODEL_TYPOS]
 
 

@@ -2,8 +2,8 @@
 
 Every validation entry is weighed once (its candidates scored by the judge); then settings are
 replayed on those scores. Each source has a margin its candidates must win by over the unchanged
-text; those that replace unknown words (`LED_SOURCES`) also a lead their winner must have over
-the runner-up for the same span (`ChooserConfig.leads`). They are searched one source at a time,
+text; with `leads`, those that replace unknown words (`LED_SOURCES`) also a lead their winner must
+have over the runner-up for the same span (`ChooserConfig.leads`). They are searched one source at a time,
 margin and lead together (coordinate ascent, two rounds): a full grid over eight sources would be millions of settings. A setting is
 eligible when harm and clean-text preservation meet their targets one standard error inside
 their bounds (`guard_tuning.meets_targets`), and the eligible one with the best error reduction
@@ -68,16 +68,19 @@ PAIR_STEPS = 2  # the pair search moves each margin of a pair up to two grid ste
 PAIR_ROUNDS = 4  # pair searches, each from the best setting the last found, while one finds better
 
 
+WEIGHING_FORMAT = 2  # stored weighings hold each source's own candidates (format 1: one per edit)
+
+
 def weighing_key(scorer: Scorer, entries: list[dict], sources: tuple[str, ...]) -> list[tuple]:
-    """What a stored weighing must match to be reused: its text, answer, sources and judge."""
-    return [(e["input"], e.get("raw_response"), sources, scorer.name) for e in entries]
+    """What a stored weighing must match to be reused: its text, answer, sources, judge and format."""
+    return [(e["input"], e.get("raw_response"), sources, scorer.name, WEIGHING_FORMAT) for e in entries]
 
 
 def weigh_entries(scorer: Scorer, entries: list[dict], sources: tuple[str, ...] = SOURCES,
                   cache: Path | None = None, progress: bool = True) -> list[Weighing]:
-    """Every entry's candidates, scored; those `cache` (a pickle written by `save_weighings`)
-    holds for the same text, answer, sources and judge are reused, since weighing is the slow
-    part of tuning."""
+    """Every entry's candidates, each source's own (so that any setting's can be replayed,
+    `Weighing.narrowed`), scored; those `cache` (a pickle written by `save_weighings`) holds for
+    the same text, answer, sources and judge are reused, since weighing is the slow part of tuning."""
     keys = weighing_key(scorer, entries, sources)
     stored = pickle.loads(cache.read_bytes()) if cache is not None and cache.is_file() else {}
     weighings = []
@@ -87,7 +90,8 @@ def weigh_entries(scorer: Scorer, entries: list[dict], sources: tuple[str, ...] 
             stored[key].scorer = scorer
             weighings.append(stored[key])
         else:
-            weighings.append(Weighing(scorer, entry["input"], proposals(entry["input"], entry.get("raw_response"), sources)))
+            found = proposals(entry["input"], entry.get("raw_response"), sources, one_per_edit=False)
+            weighings.append(Weighing(scorer, entry["input"], found))
     if cache is not None:
         save_weighings(weighings, keys, cache)
     return weighings
@@ -97,6 +101,7 @@ def save_weighings(weighings: list[Weighing], keys: list[tuple], cache: Path) ->
     """The weighings, with every score asked of them so far, added to those `cache` holds (the
     model itself is not pickled)."""
     stored = pickle.loads(cache.read_bytes()) if cache.is_file() else {}
+    stored = {key: w for key, w in stored.items() if key[-1:] == (WEIGHING_FORMAT,)}  # older formats are never read
     scorers = [w.scorer for w in weighings]
     for w in weighings:
         w.scorer = None
@@ -118,7 +123,7 @@ class Replay:
     def __init__(self, scorer: Scorer, entries: list[dict], sources: tuple[str, ...] = SOURCES,
                  progress: bool = True, cache: Path | None = None, parts: list[int] | None = None):
         self.entries = entries
-        self.parts = parts or [len(entries)]
+        self.parts = [n for n in parts or [len(entries)] if n]  # a file without entries has no error reduction
         if sum(self.parts) != len(entries):
             raise ValueError(f"parts {self.parts} do not add up to the {len(entries)} entries")
         self.key = weighing_key(scorer, entries, sources)
@@ -180,13 +185,14 @@ def tune_chooser(replay: Replay, sources: tuple[str, ...] = SOURCES, scorer: str
     best = trial(setting, True)
     for _ in range(rounds):  # a source's margin and lead together: a lead matters only once it proposes
         for source in tqdm(sources, desc="tuning the chooser", unit="source", disable=None):
-            for margin, lead in itertools.product(grid, lead_grid if source in led else (None,)):
-                moved = {**setting, ("margin", source): margin} | ({("lead", source): lead} if source in led else {})
-                row = trial(moved, True)
-                if better(row, best):
-                    best, setting = row, moved
+            for margin in grid:
+                for lead in lead_grid if source in led and margin is not None else (None,):
+                    moved = {**setting, ("margin", source): margin} | ({("lead", source): lead} if source in led else {})
+                    row = trial(moved, True)
+                    if better(row, best):
+                        best, setting = row, moved
     best_setting = setting
-    for _ in range(pair_rounds):  # then two margins moved at once: one gives up harm the other spends
+    for _ in range(pair_rounds):  # then two settings moved at once: one gives up harm the other spends
         found = best
         for first, second in tqdm(list(itertools.combinations(knobs, 2)), desc="tuning the chooser (pairs)",
                                   unit="pair", disable=None):
