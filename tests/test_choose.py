@@ -415,12 +415,13 @@ def test_each_tuning_file_weighs_the_same_in_the_objective():
     table = {**table, **{e["output"]: 0.0 for e in entries[:10]}}  # the first ten fixes no longer win
     both = Replay(TableScorer(table), entries, ("model",), progress=False, parts=[15, 15]).scores(config)
     alone = [Replay(TableScorer(table), part, ("model",), progress=False).scores(config) for part in (first, second)]
-    assert both["error_reduction_by_part"] == [a["error_reduction"] for a in alone]
-    assert both["error_reduction_by_part"] == [pytest.approx(1 / 3), 1.0]
+    assert [{k: v for k, v in part.items()} for part in both["parts"]] == [
+        {k: v for k, v in a.items() if k != "parts"} for a in alone]
+    assert [part["error_reduction"] for part in both["parts"]] == [pytest.approx(1 / 3), 1.0]
     assert both["error_reduction"] == pytest.approx(0.5)  # pooled: 10 of 20 errors
     assert objective(both) == pytest.approx(2 / 3)
     assert objective({"error_reduction": 0.3}) == 0.3  # one file
-    assert objective({"error_reduction": None, "error_reduction_by_part": [None, 0.5]}) == 0.25
+    assert objective({"error_reduction": None, "parts": [{"error_reduction": None}, {"error_reduction": 0.5}]}) == 0.25
     with pytest.raises(ValueError, match="do not add up"):
         Replay(TableScorer(table), entries, ("model",), progress=False, parts=[15, 14])
 
@@ -471,6 +472,24 @@ def test_tuning_searches_a_sources_margin_and_lead_together():
     assert all(row["leads"] == {"speller": None} for row in tried[:2])  # it starts asking no lead
     unled, _ = tune_chooser(LeadReplay(), ("speller",), scorer="table")  # leads are searched when asked
     assert unled.leads == {} and LeadReplay().scores(unled)["error_reduction"] == pytest.approx(0.1)
+
+
+class TwoFileReplay(ScriptedReplay):
+    """Source "a": loose, it fixes half and harms 1% of all entries, but all of that harm falls in
+    the second file (a tenth of the entries); strict, it fixes less and harms nothing."""
+
+    def scores(self, config: ChooserConfig) -> dict:
+        margin = config.margins["a"]
+        fixed, harm = (0.0, 0.0) if margin is None else (0.5, 0.01) if margin <= 0.0 else (0.2, 0.0)
+        part = lambda n, h: {"error_reduction": fixed, "harm_rate": h, "clean_preserved": None, "n": n, "n_clean": 0}  # noqa: E731
+        return {**part(10000, harm), "exact_match": 0.0, "parts": [part(9000, 0.0), part(1000, harm * 10)]}
+
+
+def test_the_targets_must_hold_in_each_tuning_file():
+    config, tried = tune_chooser(TwoFileReplay(), ("a",), scorer="table")
+    assert config.margins["a"] > 0.0  # the loose margin meets the targets pooled, not in the second file
+    loose = next(row for row in tried if row["margins"] == {"a": 0.0})
+    assert not loose["meets_targets"] and loose["harm_rate"] == 0.01
 
 
 def test_nearby_settings_run_from_loosest_to_strictest():

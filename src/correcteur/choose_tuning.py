@@ -6,8 +6,8 @@ text; with `leads`, those that replace unknown words (`LED_SOURCES`) also a lead
 have over the runner-up for the same span (`ChooserConfig.leads`). They are searched one source at a time,
 margin and lead together (coordinate ascent, two rounds): a full grid over eight sources would be millions of settings. A setting is
 eligible when harm and clean-text preservation meet their targets one standard error inside
-their bounds (`guard_tuning.meets_targets`), and the eligible one with the best error reduction
-(averaged over the tuning files, `objective`) wins. One source at a time stops where loosening a source costs more harm than the targets
+their bounds (`guard_tuning.meets_targets`), in all the tuning files together and in each, and
+the eligible one with the best error reduction (averaged over the tuning files, `objective`) wins. One source at a time stops where loosening a source costs more harm than the targets
 allow, though tightening another would pay for it: pairs of settings are then moved together, a
 few grid steps around those found, again from each better setting. The search takes the
 winners together (`joint`), as the chooser does by default; judging each edit alone is tried
@@ -141,8 +141,7 @@ class Replay:
                 self._stats[index, response] = entry_stats(*entry_texts(entry, index))
             stats.append(self._stats[index, response])
         bounds = list(itertools.accumulate(self.parts, initial=0))
-        by_part = [aggregate(stats[start:end])["error_reduction"] for start, end in itertools.pairwise(bounds)]
-        return {**aggregate(stats), "error_reduction_by_part": by_part}
+        return {**aggregate(stats), "parts": [aggregate(stats[start:end]) for start, end in itertools.pairwise(bounds)]}
 
 
 def tune_chooser(replay: Replay, sources: tuple[str, ...] = SOURCES, scorer: str = "finetuned",
@@ -172,7 +171,8 @@ def tune_chooser(replay: Replay, sources: tuple[str, ...] = SOURCES, scorer: str
             config = config_of(setting, joint)
             s = replay.scores(config)
             tried[key] = {"margins": config.margins, "leads": config.leads, "joint": joint,
-                          "meets_targets": meets_targets(s, max_harm, min_clean, z),
+                          "meets_targets": all(meets_targets(part, max_harm, min_clean, z)
+                                               for part in [s, *s.get("parts", [])]),
                           "objective": objective(s),
                           **{k: s[k] for k in ("error_reduction", "harm_rate", "clean_preserved", "exact_match",
                                                "n", "n_clean")}}
@@ -212,8 +212,8 @@ def objective(scores: dict) -> float:
     """What the search maximizes: the error reduction of each tuning file, averaged. Pooled, the
     synthetic split would decide alone: it has more entries, and several typos a sentence weigh
     more in an error reduction (a share of edit distance) than the one or two everyday errors
-    of a sentence people wrote."""
-    parts = [e or 0.0 for e in scores.get("error_reduction_by_part", [scores["error_reduction"]])]
+    of a sentence people wrote. (For the same reason the targets must hold in each file.)"""
+    parts = [part["error_reduction"] or 0.0 for part in scores.get("parts", [scores])]
     return sum(parts) / len(parts)
 
 
