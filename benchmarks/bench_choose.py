@@ -28,9 +28,7 @@ from results import command_line, write_section
 
 from correcteur.choose import (
     SOURCES,
-    Weighing,
-    apply_candidates,
-    choose,
+    chosen_text,
     load_chooser_config,
     make_scorer,
 )
@@ -44,12 +42,6 @@ from correcteur.textdiff import levenshtein
 
 LT_FILE = Path(__file__).resolve().parents[2] / "shared" / "heldout" / "lt_fr.tsv"
 EXAMPLES = 10
-
-
-def replayed(weighing: Weighing, config) -> str:
-    """The chooser's answer, from the margins already measured for every source."""
-    chosen = choose(weighing, config)
-    return apply_candidates(weighing.text, [c.candidate for c in chosen])
 
 
 def overrules(answered: list[dict], rules: list[dict]) -> tuple[list[dict], list[dict]]:
@@ -121,7 +113,7 @@ def main() -> None:
         if config is None:
             print(f"{name}: weighed into {cache}; tune the chooser (`correcteur choose`), then run again")
             continue
-        chosen = [{**e, "model_response": replayed(w, config)} for e, w in zip(answered, weighings, strict=True)]
+        chosen = [{**e, "model_response": chosen_text(w, config)} for e, w in zip(answered, weighings, strict=True)]
         save_weighings(weighings, weighing_key(scorer, answered, SOURCES), stored)  # with the combinations scored
         systems = {**answer_rows(entries, answered, corrector.guard, chooser=True), **grammalecte_rows(entries)}
         rules = systems["grammalecte"]

@@ -316,8 +316,20 @@ def candidates(text: str, answer: str | None = None, sources: tuple[str, ...] = 
     found += word_candidates(text) + elision_candidates(text) + compound_candidates(text)
     if answer is not None:
         found += model_candidates(text, answer)
-    unique: dict[tuple, Candidate] = {}
-    for c in found:
-        if c.source in sources and text[c.start:c.end] != c.replacement:
-            unique.setdefault((c.start, c.end, c.replacement) + (() if one_per_edit else (c.source,)), c)
-    return sorted(unique.values(), key=lambda c: (c.start, c.end, SOURCES.index(c.source)))
+    found = [c for c in found if c.source in sources and text[c.start:c.end] != c.replacement]
+    if one_per_edit:
+        return one_per_edit_of(found)
+    return sorted(dict.fromkeys(found), key=in_text_order)
+
+
+def in_text_order(c: Candidate) -> tuple[int, int, int]:
+    return c.start, c.end, SOURCES.index(c.source)
+
+
+def one_per_edit_of(found: list[Candidate]) -> list[Candidate]:
+    """Each (span, replacement) once, named by the first of `SOURCES` that proposes it, in text
+    order: what the live chooser weighs, and what a weighing of every source narrows to."""
+    kept: dict[tuple[int, int, str], Candidate] = {}
+    for c in sorted(found, key=in_text_order):
+        kept.setdefault((c.start, c.end, c.replacement), c)
+    return list(kept.values())

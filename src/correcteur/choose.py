@@ -8,9 +8,9 @@ correction of the input, `scoring.py`) weighs them:
    the unchanged input: its margin, in nats;
 2. overlapping candidates compete (one span, one replacement): the one with the largest margin
    wins, if that margin reaches the one asked of its source (a rule's suggestion may need
-   little, a homophone swapped on a hunch much more) and it leads the runner-up by its source's lead (an
-   unknown word is so unlikely that any real word beats it by many nats: what tells a fix
-   from a guess is whether one replacement stands out among the others);
+   little, a homophone swapped on a hunch much more) and it leads the runner-up by its
+   source's lead (an unknown word is so unlikely that any real word beats it by many nats:
+   what tells a fix from a guess is whether one replacement stands out among the others);
 3. the winners are taken one at a time, the best first, each scored on the sentence with the
    edits taken before it, while one still wins its margin there (two edits may each look good
    alone and fix the same error twice, or contradict each other).
@@ -22,13 +22,20 @@ beside the checkpoint, as the guard's are.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from correcteur.candidates import SOURCES, Candidate, candidates, grammalecte_checker
+from correcteur.candidates import (
+    SOURCES,
+    Candidate,
+    candidates,
+    grammalecte_checker,
+    one_per_edit_of,
+)
 from correcteur.errors import UserError
 from correcteur.files import write_json
 from correcteur.guard import checkpoint_folder
@@ -102,20 +109,20 @@ class Weighing:
     def __init__(self, scorer: Scorer, text: str, found: list[Candidate], scores: dict[str, float] | None = None):
         self.scorer, self.text, self.found = scorer, text, found
         self._scores: dict[str, float] = {} if scores is None else scores  # shared with a wider weighing
-        alone = [c.apply(text) for c in found]
-        self.score(alone)
-        self.margins = [self._scores[t] - self._scores[text] for t in alone]
+        self.score(self.sentences)
+        self.margins = [self._scores[t] - self._scores[text] for t in self.sentences]
         self.groups = clusters(found)
+
+    @functools.cached_property
+    def sentences(self) -> list[str]:
+        """The text with each candidate applied alone."""
+        return [c.apply(self.text) for c in self.found]
 
     def narrowed(self, sources: tuple[str, ...]) -> Weighing:
         """This weighing with only the candidates of `sources`, as `Chooser.weigh` would have
         proposed them (an edit two sources propose named by the first), reusing every score (a
         candidate's margin does not depend on the others)."""
-        kept: dict[tuple[int, int, str], Candidate] = {}
-        for c in sorted(self.found, key=lambda c: (c.start, c.end, SOURCES.index(c.source))):
-            if c.source in sources:
-                kept.setdefault((c.start, c.end, c.replacement), c)
-        found = list(kept.values())
+        found = one_per_edit_of([c for c in self.found if c.source in sources])
         return self if found == self.found else Weighing(self.scorer, self.text, found, self._scores)
 
     def score(self, texts: list[str]) -> None:
@@ -144,8 +151,7 @@ def choose(weighing: Weighing, config: ChooserConfig) -> list[Choice]:
         if not able:
             continue
         best = max(able, key=lambda i: weighing.margins[i])
-        fixed = weighing.found[best].apply(weighing.text)
-        runner_up = max((weighing.margins[i] for i in group if weighing.found[i].apply(weighing.text) != fixed),
+        runner_up = max((weighing.margins[i] for i in group if weighing.sentences[i] != weighing.sentences[best]),
                         default=None)  # "Praris" → "Paris" and "Praris." → "Paris." are one sentence
         lead = config.leads.get(weighing.found[best].source)
         if lead is None or runner_up is None or weighing.margins[best] - runner_up >= lead:
@@ -165,6 +171,11 @@ def choose(weighing: Weighing, config: ChooserConfig) -> list[Choice]:
         taken.append(Choice(pool.pop(best), gains[best]))
         current = trials[best]
     return sorted(taken, key=lambda t: (t.candidate.start, t.candidate.end))
+
+
+def chosen_text(weighing: Weighing, config: ChooserConfig) -> str:
+    """The text with the edits `config` keeps applied: the chooser's answer, replayed."""
+    return apply_candidates(weighing.text, [c.candidate for c in choose(weighing, config)])
 
 
 class Chooser:

@@ -2,13 +2,14 @@
 
 Every validation entry is weighed once (its candidates scored by the judge); then settings are
 replayed on those scores. Each source has a margin its candidates must win by over the unchanged
-text; with `leads`, those that replace unknown words (`LED_SOURCES`) also a lead their winner must
-have over the runner-up for the same span (`ChooserConfig.leads`). They are searched one source at a time,
-margin and lead together (coordinate ascent, two rounds): a full grid over eight sources would be millions of settings. A setting is
-eligible when harm and clean-text preservation meet their targets one standard error inside
-their bounds (`guard_tuning.meets_targets`), in all the tuning files together and in each, and
-the eligible one with the best error reduction (averaged over the tuning files, `objective`) wins. One source at a time stops where loosening a source costs more harm than the targets
-allow, though tightening another would pay for it: pairs of settings are then moved together, a
+text; with `leads`, those that replace unknown words (`LED_SOURCES`) also a lead their winner
+must have over the runner-up for the same span (`ChooserConfig.leads`). They are searched one
+source at a time, margin and lead together (coordinate ascent, two rounds): a full grid over
+nine sources would be millions of settings. A setting is eligible when harm and clean-text
+preservation meet their targets one standard error inside their bounds
+(`guard_tuning.meets_targets`), in all the tuning files together and in each, and the eligible
+one with the best error reduction (averaged over the tuning files, `objective`) wins. One source
+at a time stops where loosening a source costs more harm than the targets allow, though tightening another would pay for it: pairs of settings are then moved together, a
 few grid steps around those found, again from each better setting. The search takes the
 winners together (`joint`), as the chooser does by default; judging each edit alone is tried
 last, on the margins found. The weighings (with every combination scored during the search) are
@@ -29,8 +30,7 @@ from correcteur.choose import (
     SOURCES,
     ChooserConfig,
     Weighing,
-    apply_candidates,
-    choose,
+    chosen_text,
     make_scorer,
     proposals,
     save_chooser_config,
@@ -131,7 +131,7 @@ class Replay:
         self._stats: dict[tuple[int, str], EntryStats] = {}
 
     def responses(self, config: ChooserConfig) -> list[str]:
-        return [apply_candidates(w.text, [c.candidate for c in choose(w, config)]) for w in self.weighings]
+        return [chosen_text(w, config) for w in self.weighings]
 
     def scores(self, config: ChooserConfig) -> dict:
         stats = []
@@ -185,12 +185,15 @@ def tune_chooser(replay: Replay, sources: tuple[str, ...] = SOURCES, scorer: str
     best = trial(setting, True)
     for _ in range(rounds):  # a source's margin and lead together: a lead matters only once it proposes
         for source in tqdm(sources, desc="tuning the chooser", unit="source", disable=None):
-            for margin in grid:
-                for lead in lead_grid if source in led and margin is not None else (None,):
-                    moved = {**setting, ("margin", source): margin} | ({("lead", source): lead} if source in led else {})
-                    row = trial(moved, True)
-                    if better(row, best):
-                        best, setting = row, moved
+            for margin, lead in itertools.product(grid, lead_grid if source in led else (None,)):
+                if margin is None and lead is not None:
+                    continue  # a source off has no winner to ask a lead of
+                moved = {**setting, ("margin", source): margin}
+                if source in led:
+                    moved["lead", source] = lead
+                row = trial(moved, True)
+                if better(row, best):
+                    best, setting = row, moved
     best_setting = setting
     for _ in range(pair_rounds):  # then two settings moved at once: one gives up harm the other spends
         found = best
