@@ -138,7 +138,7 @@ def main() -> None:
     seconds = latency(live, args.repeats)
     head = (f"On {platform.machine()}, {os.cpu_count()} CPU cores (shared with other work of the session), "
             f"torch {torch.__version__}. Checkpoint `{args.checkpoint}`; chooser: {live.chooser.description}; "
-            f"margins {config.margins}, leads {config.leads}, joint {config.joint}.\n\n"
+            f"margins {config.margins}, leads {config.leads}, frequency {config.frequency}, joint {config.joint}.\n\n"
             f"Latency of the 20-word sentence of `bench_latency.py` with the chooser (median of {args.repeats}, "
             f"after a warm-up): **{seconds:.2f} s**.\n\n")
     write_section("The chooser on held-out data", head + "\n".join(sections),

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 
 import pytest
 import torch
@@ -15,11 +16,13 @@ from correcteur.candidates import (
     candidates,
     compound_candidates,
     elision_candidates,
+    frequency_shift,
     grammalecte_candidates,
     grammalecte_checker,
     lexicon_neighbours,
     model_candidates,
     word_candidates,
+    word_frequencies,
 )
 from correcteur.choose import (
     Chooser,
@@ -34,6 +37,7 @@ from correcteur.choose import (
 )
 from correcteur.choose_tuning import (
     EVERYDAY_ERRORS,
+    FREQUENCY_GRID,
     LEAD_GRID,
     MARGIN_GRID,
     Replay,
@@ -223,6 +227,28 @@ def test_sentence_scores_reading_windows_after_the_shared_source_equal_whole_row
     assert scores[0] == 0.0
 
 
+@pytest.mark.parametrize("window", [None, 2])
+def test_sentence_scores_after_a_preamble_are_whole_rows_read_after_it(window):
+    model, tokenizer = tiny_hf_model("gemma"), IdTokenizer()
+    source, texts = SCORED
+    preamble = "relu: "
+    scores = HFSentenceScorer(model, tokenizer, window=window, preamble=preamble)(source, texts)
+    expected = whole_row_scores(model, tokenizer, preamble + source, [preamble + t for t in texts], window)
+    assert scores == pytest.approx(expected, abs=1e-4)
+    assert scores != pytest.approx(HFSentenceScorer(model, tokenizer, window=window)(source, texts), abs=1e-3)
+
+
+def test_the_cli_offers_every_scorer():
+    from correcteur.choose import SCORERS
+    from correcteur.cli import build_parser
+
+    args = build_parser("choose").parse_args(["choose", "--checkpoint", "x", "--val", "v.json",
+                                               "--scorer", "gemma-proofread"])
+    assert args.scorer == "gemma-proofread"
+    for name in SCORERS:
+        assert build_parser("choose").parse_args(["choose", "--checkpoint", "x", "--val", "v", "--scorer", name])
+
+
 def test_sentence_scores_without_a_window_are_whole_sentence_differences():
     model, tokenizer = tiny_hf_model("llama"), IdTokenizer()
     source, texts = SCORED
@@ -355,6 +381,36 @@ def test_joint_scoring_keeps_one_of_two_edits_that_fix_the_same_error_twice():
     assert [(c.candidate.replacement, c.margin) for c in chosen] == [("quitter", 3.0)]
 
 
+def test_frequency_shift_compares_the_word_lists_counts_of_known_words():
+    counts = word_frequencies()
+    total = sum(counts.values())
+    text = "Quand à moi, je reste."
+    assert frequency_shift(candidate("Quand", "Quant", "homophone", text), text) == pytest.approx(
+        math.log(counts["quant"] / counts["quand"]))
+    assert frequency_shift(candidate("à moi", "a moi", "grammar", text), text) == pytest.approx(
+        math.log(counts["a"] / counts["à"]))
+    assert frequency_shift(candidate("moi", "mois", "variant", text), text) == pytest.approx(
+        math.log(counts["mois"] / counts["moi"]))
+    assert frequency_shift(candidate("reste", "rezte", "model", text), text) == 0.0  # an unknown word has no count
+    two = frequency_shift(candidate("je reste", "reste", "model", text), text)  # a word fewer: its probability goes
+    assert two == pytest.approx(-math.log(counts["je"] / total))
+
+
+def test_a_rarer_word_wins_by_its_fit_when_the_frequency_correction_is_asked():
+    text = "Quand à moi, je reste."
+    found = [candidate("Quand", "Quant", "homophone", text), candidate("reste", "restes", "variant", text)]
+    table = {"Quant à moi, je reste.": 1.0, "Quand à moi, je restes.": -2.0}
+    weighing = Weighing(TableScorer(table), text, found)
+    rarer = -weighing.shifts[0]  # quant is about 4 nats rarer than quand
+    assert rarer > 3.0
+    margins = {"homophone": 3.0, "variant": 2.0}  # "restes" is rarer too, but fits worse
+    assert choose(weighing, ChooserConfig(margins=margins)) == []
+    chosen = choose(weighing, ChooserConfig(margins=margins, frequency=1.0))
+    assert [(c.candidate.replacement, c.margin) for c in chosen] == [("Quant", pytest.approx(1.0 + rarer))]
+    assert choose(weighing, ChooserConfig(margins=margins, frequency=1.0, joint=False)) == chosen
+    assert choose(weighing, ChooserConfig(margins=margins, frequency=0.25)) == []  # 1 + 1.0 < 3
+
+
 def test_the_chooser_scores_each_sentence_once_and_leaves_protected_text_alone():
     scorer = TableScorer({"Il a mangé a Paris.": 3.0})
     chooser = Chooser(scorer, ChooserConfig(margins={"grammar": 0.5, "model": 0.5}))
@@ -406,6 +462,27 @@ def test_tuning_finds_the_margins_that_fix_errors_without_harm():
     assert best["error_reduction"] == 1.0 and best["harm_rate"] == 0.0
     assert tried[0]["margins"] == {"homophone": None, "model": None}  # it starts from doing nothing
     assert any(row["harm_rate"] > 0 for row in tried)
+
+
+def test_tuning_takes_the_frequency_correction_where_only_it_tells_fixes_from_spoils():
+    """A scripted judge that, like a small language model, likes common words: a sentence's
+    score is how well its edit fits (2 nats for "Quand à" → "Quant à", 1 for "est" → "et" in ten
+    correct sentences, -5 for any other) plus how much more common its words are. Quant is 4
+    nats rarer than quand and et as common as est: without the correction the spoils outscore
+    the fixes, with it the fixes stand out."""
+    entries = [{"input": f"Quand à Paul{i}, il reste.", "output": f"Quant à Paul{i}, il reste."} for i in range(20)]
+    entries += [{"input": f"La maison{i} est belle.", "output": f"La maison{i} est belle."} for i in range(10)]
+    fits = {**{e["output"]: 2.0 for e in entries[:20]}, **{f"La maison{i} et belle.": 1.0 for i in range(10)}}
+    table = {c.apply(e["input"]): fits.get(c.apply(e["input"]), -5.0) + frequency_shift(c, e["input"])
+             for e in entries for c in proposals(e["input"], None, ("homophone",))}
+    replay = Replay(TableScorer(table), entries, ("homophone",), progress=False)
+    plain, _ = tune_chooser(replay, ("homophone",), scorer="table", max_harm=0.1, min_clean=0.7, frequency_grid=(0.0,))
+    assert replay.scores(plain)["error_reduction"] == 0.0  # the copy: anything looser spoils the ten
+    config, tried = tune_chooser(replay, ("homophone",), scorer="table", max_harm=0.1, min_clean=0.7)
+    assert config.frequency == 1.0
+    best = replay.scores(config)
+    assert best["error_reduction"] == 1.0 and best["harm_rate"] == 0.0
+    assert {row["frequency"] for row in tried} == set(FREQUENCY_GRID)
 
 
 def test_each_tuning_file_weighs_the_same_in_the_objective():

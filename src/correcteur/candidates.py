@@ -23,6 +23,7 @@ from __future__ import annotations
 import functools
 import importlib.util
 import itertools
+import math
 import re
 import sys
 import unicodedata
@@ -179,6 +180,23 @@ def word_frequencies() -> dict[str, int]:
     lexicon = french_lexicon()
     counts = SpellChecker(language="fr").word_frequency.dictionary
     return {word: counts[word] for word in lexicon}
+
+
+def frequency_shift(candidate: Candidate, text: str) -> float:
+    """How much more common the candidate's words are than those they replace, in nats of the
+    word list's unigram probabilities (quand → quant: −4.1); 0 when a word on either side is
+    unknown to it, since an unknown word has no count to compare."""
+    counts, total = word_frequencies(), word_total()
+    old = PLAIN_WORD.findall(text[candidate.start:candidate.end].lower())
+    new = PLAIN_WORD.findall(candidate.replacement.lower())
+    if not all(w in counts for w in old + new):
+        return 0.0
+    return sum(math.log(counts[w] / total) for w in new) - sum(math.log(counts[w] / total) for w in old)
+
+
+@functools.cache
+def word_total() -> int:
+    return sum(word_frequencies().values())
 
 
 def one_typo_away(word: str) -> set[str]:

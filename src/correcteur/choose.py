@@ -15,6 +15,11 @@ correction of the input, `scoring.py`) weighs them:
    edits taken before it, while one still wins its margin there (two edits may each look good
    alone and fix the same error twice, or contradict each other).
 
+A small judge prefers common words whatever their context ("Quand à moi" over "Quant à moi"):
+with `frequency`, each margin between known words is first corrected for how much more common
+the new words are than the old ones (the word list's counts), so that it measures how well each
+fits where it stands.
+
 The margins are tuned on the validation split (`choose_tuning.py`) and saved as `choose.json`
 beside the checkpoint, as the guard's are.
 """
@@ -33,6 +38,7 @@ from correcteur.candidates import (
     SOURCES,
     Candidate,
     candidates,
+    frequency_shift,
     grammalecte_checker,
     one_per_edit_of,
 )
@@ -65,6 +71,10 @@ class ChooserConfig:
     # source of the winner (missing or None: it need only be the best of those reaching their margins)
     leads: dict[str, float | None] = field(default_factory=dict)
     scorer: str = "finetuned"  # who judges: one of `SCORERS`
+    # nats taken off the judge's preference for each nat by which an edit's words are more common
+    # than those they replace (`frequency_shift`; known words only): a small judge prefers a
+    # common word whatever its context (quand over quant), and this asks it how well each fits
+    frequency: float = 0.0
 
     def sources(self) -> tuple[str, ...]:
         return tuple(s for s in SOURCES if self.margins.get(s) is not None)
@@ -118,6 +128,11 @@ class Weighing:
         """The text with each candidate applied alone."""
         return [c.apply(self.text) for c in self.found]
 
+    @functools.cached_property
+    def shifts(self) -> list[float]:
+        """Each candidate's `frequency_shift`."""
+        return [frequency_shift(c, self.text) for c in self.found]
+
     def narrowed(self, sources: tuple[str, ...]) -> Weighing:
         """This weighing with only the candidates of `sources`, as `Chooser.weigh` would have
         proposed them (an edit two sources propose named by the first), reusing every score (a
@@ -145,17 +160,19 @@ def choose(weighing: Weighing, config: ChooserConfig) -> list[Choice]:
     would keep both."""
     weighing = weighing.narrowed(config.sources())
     margins = config.margins
+    fits = [m - config.frequency * shift for m, shift in zip(weighing.margins, weighing.shifts, strict=True)] \
+        if config.frequency else weighing.margins
     winners = []
     for group in weighing.groups:
-        able = [i for i in group if weighing.margins[i] >= margins[weighing.found[i].source]]
+        able = [i for i in group if fits[i] >= margins[weighing.found[i].source]]
         if not able:
             continue
-        best = max(able, key=lambda i: weighing.margins[i])
-        runner_up = max((weighing.margins[i] for i in group if weighing.sentences[i] != weighing.sentences[best]),
+        best = max(able, key=lambda i: fits[i])
+        runner_up = max((fits[i] for i in group if weighing.sentences[i] != weighing.sentences[best]),
                         default=None)  # "Praris" → "Paris" and "Praris." → "Paris." are one sentence
         lead = config.leads.get(weighing.found[best].source)
-        if lead is None or runner_up is None or weighing.margins[best] - runner_up >= lead:
-            winners.append(Choice(weighing.found[best], weighing.margins[best]))
+        if lead is None or runner_up is None or fits[best] - runner_up >= lead:
+            winners.append(Choice(weighing.found[best], fits[best]))
     if not config.joint or len(winners) < 2:
         return winners
     taken: list[Choice] = []
@@ -164,7 +181,8 @@ def choose(weighing: Weighing, config: ChooserConfig) -> list[Choice]:
     while pool:
         trials = [apply_candidates(weighing.text, [t.candidate for t in taken] + [c]) for c in pool]
         weighing.score([current, *trials])  # one batch a round
-        gains = [weighing.gain(trial, current) for trial in trials]
+        gains = [weighing.gain(trial, current) - config.frequency * frequency_shift(c, weighing.text)
+                 for trial, c in zip(trials, pool, strict=True)]
         best = max(range(len(pool)), key=lambda i: gains[i] - margins[pool[i].source])
         if gains[best] < margins[pool[best].source]:
             break
@@ -236,13 +254,17 @@ def load_chooser_config(checkpoint: str | Path) -> ChooserConfig | None:
     return ChooserConfig(**json.loads(path.read_text(encoding="utf-8"))["config"])
 
 
-SCORERS = ("finetuned", "base", "gemma")
+SCORERS = ("finetuned", "base", "gemma", "gemma-proofread")
+# What `gemma-proofread` reads before every sentence (ours): "a text proofread and corrected by a
+# professional proofreader, without a single mistake"
+PROOFREAD = "Texte relu et corrigé par un correcteur professionnel, sans aucune faute :\n"
 
 
 def make_scorer(name: str, model: torch.nn.Module, tokenizer, meta: dict) -> Scorer:
     """The judge a chooser uses: the fine-tuned checkpoint reading each candidate as the
     correction of its input (`finetuned`), the same model before fine-tuning with the same
-    prompt (`base`), or gemma-3-270m reading bare sentences (`gemma`)."""
+    prompt (`base`), or gemma-3-270m reading bare sentences (`gemma`) or each after the words
+    "a text proofread without a mistake" (`gemma-proofread`)."""
     style, prefix = meta.get("prompt_style", "alpaca"), meta.get("input_prefix", "")
     if name == "finetuned":
         return ResponseScorer(model, tokenizer, style, prefix, name="finetuned")
@@ -250,7 +272,9 @@ def make_scorer(name: str, model: torch.nn.Module, tokenizer, meta: dict) -> Sco
         base, base_tokenizer, _ = load_recorded_base(meta)
         return ResponseScorer(base.to(next(model.parameters()).device).eval(), base_tokenizer, style, prefix,
                               name=f"{meta['model_name']} (base)")
-    if name == "gemma":
+    if name in ("gemma", "gemma-proofread"):
         gemma, gemma_tokenizer, _ = load_gemma()
-        return HFSentenceScorer(gemma, gemma_tokenizer, name="gemma-3-270m")
+        if name == "gemma":
+            return HFSentenceScorer(gemma, gemma_tokenizer, name="gemma-3-270m")
+        return HFSentenceScorer(gemma, gemma_tokenizer, name="gemma-3-270m, proofread", preamble=PROOFREAD)
     raise UserError(f"unknown scorer {name!r}: choose one of {', '.join(SCORERS)}")

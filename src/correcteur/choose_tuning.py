@@ -64,6 +64,10 @@ LED_SOURCES = ("speller", "lexicon")
 # dozen clean sentences no setting can show it one standard error inside the bound (with n clean
 # sentences all kept, the Wilson lower bound is n / (n + 1): 0.979 for 46), so the guard's 0.97 is asked.
 MAX_HARM, MIN_CLEAN = 0.02, 0.97
+# How much of the word list's preference for common words is taken off the judge's (`ChooserConfig.
+# frequency`), searched like a margin: 0 is the judge as it is, 1 its preference per unigram nat.
+FREQUENCY_GRID = (0.0, 0.25, 0.5, 0.75, 1.0)
+FREQUENCY = ("frequency", "all")  # its knob, beside each source's ("margin", source) and ("lead", source)
 PAIR_STEPS = 2  # the pair search moves each margin of a pair up to two grid steps
 PAIR_ROUNDS = 4  # pair searches, each from the best setting the last found, while one finds better
 
@@ -147,30 +151,32 @@ class Replay:
 def tune_chooser(replay: Replay, sources: tuple[str, ...] = SOURCES, scorer: str = "finetuned",
                  max_harm: float = MAX_HARM, min_clean: float = MIN_CLEAN, z: float = 1.0,
                  grid: tuple[float | None, ...] = MARGIN_GRID, lead_grid: tuple[float | None, ...] = LEAD_GRID,
-                 lead_sources: tuple[str, ...] = (), rounds: int = 2,
+                 lead_sources: tuple[str, ...] = (), frequency_grid: tuple[float, ...] = FREQUENCY_GRID, rounds: int = 2,
                  pair_rounds: int = PAIR_ROUNDS) -> tuple[ChooserConfig, list[dict]]:
-    """The margins, leads (and `joint`) with the best error reduction that meet the targets on
-    the replayed entries, and every setting tried with its scores. It starts from every source
-    off and no leads (the copy baseline, which always meets them), moves one source at a time
-    (the margin, and the lead of those in `lead_sources`), then pairs of settings, with the edits
+    """The margins, leads, frequency correction (and `joint`) with the best error reduction that
+    meet the targets on the replayed entries, and every setting tried with its scores. It starts
+    from every source off and no leads (the copy baseline, which always meets them), moves one
+    source at a time (the margin, and the lead of those in `lead_sources`, with the frequency
+    correction of `frequency_grid`, whose first value it starts from), then pairs of settings, with the edits
     taken together (`joint`); each edit judged alone is tried last, on the settings found."""
     if not replay.entries:
         raise UserError("no validation entries to tune the chooser on")
     tried: dict[tuple, dict] = {}  # each setting once: the search comes back to the best one often
     led = [source for source in sources if source in lead_sources]
-    knobs = [("margin", source) for source in sources] + [("lead", source) for source in led]
-    grids = {knob: grid if knob[0] == "margin" else lead_grid for knob in knobs}
+    knobs = [("margin", source) for source in sources] + [("lead", source) for source in led] + [FREQUENCY]
+    grids = {knob: {"margin": grid, "lead": lead_grid, "frequency": frequency_grid}[knob[0]] for knob in knobs}
 
     def config_of(setting: dict, joint: bool) -> ChooserConfig:
         return ChooserConfig(margins={source: setting["margin", source] for source in sources},
-                             leads={source: setting["lead", source] for source in led}, joint=joint, scorer=scorer)
+                             leads={source: setting["lead", source] for source in led}, joint=joint, scorer=scorer,
+                             frequency=setting[FREQUENCY])
 
     def trial(setting: dict, joint: bool) -> dict:
         key = (tuple(setting.items()), joint)
         if key not in tried:
             config = config_of(setting, joint)
             s = replay.scores(config)
-            tried[key] = {"margins": config.margins, "leads": config.leads, "joint": joint,
+            tried[key] = {"margins": config.margins, "leads": config.leads, "frequency": config.frequency, "joint": joint,
                           "meets_targets": all(meets_targets(part, max_harm, min_clean, z)
                                                for part in [s, *s.get("parts", [])]),
                           "objective": objective(s),
@@ -181,14 +187,17 @@ def tune_chooser(replay: Replay, sources: tuple[str, ...] = SOURCES, scorer: str
     def better(row: dict, best: dict) -> bool:
         return row["meets_targets"] and row["objective"] > best["objective"]
 
-    setting: dict[str, float | None] = {knob: None for knob in knobs}
+    setting: dict[tuple[str, str], float | None] = {knob: None for knob in knobs} | {FREQUENCY: frequency_grid[0]}
     best = trial(setting, True)
-    for _ in range(rounds):  # a source's margin and lead together: a lead matters only once it proposes
+    # a source's margin, lead and the frequency correction together: a lead matters only once the
+    # source proposes, and the correction shifts every margin it asks
+    for _ in range(rounds):
         for source in tqdm(sources, desc="tuning the chooser", unit="source", disable=None):
-            for margin, lead in itertools.product(grid, lead_grid if source in led else (None,)):
+            for margin, lead, frequency in itertools.product(grid, lead_grid if source in led else (None,),
+                                                             frequency_grid):
                 if margin is None and lead is not None:
                     continue  # a source off has no winner to ask a lead of
-                moved = {**setting, ("margin", source): margin}
+                moved = {**setting, ("margin", source): margin, FREQUENCY: frequency}
                 if source in led:
                     moved["lead", source] = lead
                 row = trial(moved, True)

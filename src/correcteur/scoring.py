@@ -100,10 +100,16 @@ class HFSentenceScorer:
     that window's log-probability minus the source's over the same stretch (the source scores 0).
     Reading a few tokens a candidate instead of the whole sentence is what makes weighing forty
     candidates fast on a CPU; only those windows go through the output layer (262k words wide
-    for Gemma, more work than the whole network below it)."""
+    for Gemma, more work than the whole network below it).
 
-    def __init__(self, model: torch.nn.Module, tokenizer, name: str = "hf", window: int | None = 4):
+    With a `preamble`, every text is read after it (the same words before the source and before
+    each candidate): what the model expects to follow "a text proofread, without a mistake" is
+    closer to correct French than what it expects of any text."""
+
+    def __init__(self, model: torch.nn.Module, tokenizer, name: str = "hf", window: int | None = 4,
+                 preamble: str = ""):
         self.model, self.tokenizer, self.name, self.window = model, tokenizer, name, window
+        self.preamble = preamble
         # transformers 5.2x renamed `past_key_values` to `cache` (the old name warns, then goes)
         accepted = inspect.signature(model.model.forward).parameters
         self._cache_argument = "cache" if "cache" in accepted else "past_key_values"
@@ -111,8 +117,9 @@ class HFSentenceScorer:
 
     @torch.no_grad()
     def __call__(self, source: str, texts: list[str]) -> list[float]:
-        first, cache, source_log_probs, source_tokens = self._read_source(source)
-        rows = [[self.tokenizer.bos_token_id, *self.tokenizer.encode(t, add_special_tokens=False)] for t in texts]
+        first, cache, source_log_probs, source_tokens = self._read_source(self.preamble + source)
+        rows = [[self.tokenizer.bos_token_id, *self.tokenizer.encode(self.preamble + t, add_special_tokens=False)]
+                for t in texts]
         spans = [changed_span(first, row, self.window) for row in rows]
         # a window's first token is predicted from the source's prefix, the others from the
         # candidate's own tokens before them, read after the source's cache
