@@ -476,9 +476,11 @@ def test_tuning_takes_the_frequency_correction_where_only_it_tells_fixes_from_sp
     table = {c.apply(e["input"]): fits.get(c.apply(e["input"]), -5.0) + frequency_shift(c, e["input"])
              for e in entries for c in proposals(e["input"], None, ("homophone",))}
     replay = Replay(TableScorer(table), entries, ("homophone",), progress=False)
-    plain, _ = tune_chooser(replay, ("homophone",), scorer="table", max_harm=0.1, min_clean=0.7, frequency_grid=(0.0,))
+    plain, tried = tune_chooser(replay, ("homophone",), scorer="table", max_harm=0.1, min_clean=0.7)
     assert replay.scores(plain)["error_reduction"] == 0.0  # the copy: anything looser spoils the ten
-    config, tried = tune_chooser(replay, ("homophone",), scorer="table", max_harm=0.1, min_clean=0.7)
+    assert {row["frequency"] for row in tried} == {0.0}  # searched only when asked
+    config, tried = tune_chooser(replay, ("homophone",), scorer="table", max_harm=0.1, min_clean=0.7,
+                                 frequency_grid=FREQUENCY_GRID)
     assert config.frequency == 1.0
     best = replay.scores(config)
     assert best["error_reduction"] == 1.0 and best["harm_rate"] == 0.0

@@ -160,8 +160,9 @@ def choose(weighing: Weighing, config: ChooserConfig) -> list[Choice]:
     would keep both."""
     weighing = weighing.narrowed(config.sources())
     margins = config.margins
-    fits = [m - config.frequency * shift for m, shift in zip(weighing.margins, weighing.shifts, strict=True)] \
-        if config.frequency else weighing.margins
+    shifts = weighing.shifts if config.frequency else [0.0] * len(weighing.found)
+    fits = [m - config.frequency * shift for m, shift in zip(weighing.margins, shifts, strict=True)]
+    shift_of = dict(zip(weighing.found, shifts, strict=True))
     winners = []
     for group in weighing.groups:
         able = [i for i in group if fits[i] >= margins[weighing.found[i].source]]
@@ -181,8 +182,7 @@ def choose(weighing: Weighing, config: ChooserConfig) -> list[Choice]:
     while pool:
         trials = [apply_candidates(weighing.text, [t.candidate for t in taken] + [c]) for c in pool]
         weighing.score([current, *trials])  # one batch a round
-        gains = [weighing.gain(trial, current) - config.frequency * frequency_shift(c, weighing.text)
-                 for trial, c in zip(trials, pool, strict=True)]
+        gains = [weighing.gain(trial, current) - config.frequency * shift_of[c] for trial, c in zip(trials, pool, strict=True)]
         best = max(range(len(pool)), key=lambda i: gains[i] - margins[pool[i].source])
         if gains[best] < margins[pool[best].source]:
             break

@@ -65,7 +65,9 @@ LED_SOURCES = ("speller", "lexicon")
 # sentences all kept, the Wilson lower bound is n / (n + 1): 0.979 for 46), so the guard's 0.97 is asked.
 MAX_HARM, MIN_CLEAN = 0.02, 0.97
 # How much of the word list's preference for common words is taken off the judge's (`ChooserConfig.
-# frequency`), searched like a margin: 0 is the judge as it is, 1 its preference per unigram nat.
+# frequency`), searched with each margin when asked (`calibrate_chooser(frequency=True)`): 0 is the
+# judge as it is, 1 its preference per unigram nat. Off by default: five times the settings to pick
+# from, and the best of them raised the harm on both held-out sets (README).
 FREQUENCY_GRID = (0.0, 0.25, 0.5, 0.75, 1.0)
 FREQUENCY = ("frequency", "all")  # its knob, beside each source's ("margin", source) and ("lead", source)
 PAIR_STEPS = 2  # the pair search moves each margin of a pair up to two grid steps
@@ -151,7 +153,7 @@ class Replay:
 def tune_chooser(replay: Replay, sources: tuple[str, ...] = SOURCES, scorer: str = "finetuned",
                  max_harm: float = MAX_HARM, min_clean: float = MIN_CLEAN, z: float = 1.0,
                  grid: tuple[float | None, ...] = MARGIN_GRID, lead_grid: tuple[float | None, ...] = LEAD_GRID,
-                 lead_sources: tuple[str, ...] = (), frequency_grid: tuple[float, ...] = FREQUENCY_GRID, rounds: int = 2,
+                 lead_sources: tuple[str, ...] = (), frequency_grid: tuple[float, ...] = (0.0,), rounds: int = 2,
                  pair_rounds: int = PAIR_ROUNDS) -> tuple[ChooserConfig, list[dict]]:
     """The margins, leads, frequency correction (and `joint`) with the best error reduction that
     meet the targets on the replayed entries, and every setting tried with its scores. It starts
@@ -244,12 +246,12 @@ def shown_path(path: str | Path) -> str:
 
 def calibrate_chooser(checkpoint: str | Path, val_paths: str | Path | list[str | Path], scorer: str = "finetuned",
                       limit: int | None = None, batch_size: int = 32, model_edits: bool = True,
-                      leads: bool = False) -> ChooserConfig:
+                      leads: bool = False, frequency: bool = False) -> ChooserConfig:
     """Answer the validation entries (for the model's own candidates), weigh every entry's
     candidates with `scorer`, tune the margins and save them as choose.json beside the
     checkpoint, where `Corrector.from_checkpoint` finds them. `val_paths` may name several
     files (the split, and `EVERYDAY_ERRORS`); `limit` takes the first entries of each; `leads`
-    also searches the leads of `LED_SOURCES`. The
+    also searches the leads of `LED_SOURCES`, `frequency` the frequency correction. The
     folder is locked throughout, as guard tuning locks it."""
     folder = checkpoint_folder(checkpoint)
     paths = [val_paths] if isinstance(val_paths, (str, Path)) else list(val_paths)
@@ -266,7 +268,8 @@ def calibrate_chooser(checkpoint: str | Path, val_paths: str | Path | list[str |
         sources = SOURCES if model_edits else tuple(s for s in SOURCES if s != "model")
         cache = folder / f"choose_val_weighings_{scorer}.pkl"
         replay = Replay(judge, entries, sources, cache=cache, parts=[len(f) for f in files])
-        config, tried = tune_chooser(replay, sources, scorer, lead_sources=LED_SOURCES if leads else ())
+        config, tried = tune_chooser(replay, sources, scorer, lead_sources=LED_SOURCES if leads else (),
+                                     frequency_grid=FREQUENCY_GRID if frequency else (0.0,))
         save_weighings(replay.weighings, replay.key, cache)  # with the scores the search added
         write_json(folder / "choose_val_responses.json",  # what the margins were tuned on
                    [{**e, "model_response": r} for e, r in zip(entries, replay.responses(config), strict=True)])
