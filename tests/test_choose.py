@@ -246,7 +246,8 @@ def test_the_cli_offers_every_scorer():
                                                "--scorer", "gemma-proofread"])
     assert args.scorer == "gemma-proofread"
     for name in SCORERS:
-        assert build_parser("choose").parse_args(["choose", "--checkpoint", "x", "--val", "v", "--scorer", name])
+        assert build_parser("choose").parse_args(["choose", "--checkpoint", "x", "--val", "v",
+                                                  "--scorer", name]).scorer == name
 
 
 def test_sentence_scores_without_a_window_are_whole_sentence_differences():
@@ -383,7 +384,6 @@ def test_joint_scoring_keeps_one_of_two_edits_that_fix_the_same_error_twice():
 
 def test_frequency_shift_compares_the_word_lists_counts_of_known_words():
     counts = word_frequencies()
-    total = sum(counts.values())
     text = "Quand à moi, je reste."
     assert frequency_shift(candidate("Quand", "Quant", "homophone", text), text) == pytest.approx(
         math.log(counts["quant"] / counts["quand"]))
@@ -391,9 +391,13 @@ def test_frequency_shift_compares_the_word_lists_counts_of_known_words():
         math.log(counts["a"] / counts["à"]))
     assert frequency_shift(candidate("moi", "mois", "variant", text), text) == pytest.approx(
         math.log(counts["mois"] / counts["moi"]))
+    assert frequency_shift(candidate("moi, je", "toi, tu", "model", text), text) == pytest.approx(
+        math.log(counts["toi"] * counts["tu"] / (counts["moi"] * counts["je"])))
     assert frequency_shift(candidate("reste", "rezte", "model", text), text) == 0.0  # an unknown word has no count
-    two = frequency_shift(candidate("je reste", "reste", "model", text), text)  # a word fewer: its probability goes
-    assert two == pytest.approx(-math.log(counts["je"] / total))
+    assert frequency_shift(candidate("je reste", "reste", "model", text), text) == 0.0  # no swap: a word dropped
+    elided = "Je pense que il viendra, quelle chance."
+    assert [frequency_shift(c, elided) for c in elision_candidates(elided)] == [0.0]  # que il → qu'il
+    assert frequency_shift(candidate("quelle", "qu'elle", "homophone", elided), elided) == 0.0
 
 
 def test_a_rarer_word_wins_by_its_fit_when_the_frequency_correction_is_asked():
@@ -409,6 +413,28 @@ def test_a_rarer_word_wins_by_its_fit_when_the_frequency_correction_is_asked():
     assert [(c.candidate.replacement, c.margin) for c in chosen] == [("Quant", pytest.approx(1.0 + rarer))]
     assert choose(weighing, ChooserConfig(margins=margins, frequency=1.0, joint=False)) == chosen
     assert choose(weighing, ChooserConfig(margins=margins, frequency=0.25)) == []  # 1 + 1.0 < 3
+
+
+def test_the_joint_rounds_ask_each_edits_fit_not_its_gain():
+    """Two winners, "Quant" (4 nats rarer than quand) and "et" (a little more common than est):
+    once "Quant" is taken, "et" is weighed beside it by its fit, its gain there less its shift,
+    so that a gain just over its margin is not enough."""
+    text = "Quand à Paul, il est là."
+    found = [candidate("Quand", "Quant", "homophone", text), candidate("est", "et", "grammar", text)]
+    both = "Quant à Paul, il et là."
+    table = {"Quant à Paul, il est là.": 1.0, "Quand à Paul, il et là.": 3.0, both: 4.5}
+    weighing = Weighing(TableScorer(table), text, found)
+    rarer, et = -weighing.shifts[0], weighing.shifts[1]
+    config = ChooserConfig(margins={"homophone": 3.0, "grammar": 2.0}, frequency=1.0)
+    # alone: "et" fits by 3 - et, "Quant" by 1 + rarer (about 5): "Quant" first; then "et" gains
+    # 4.5 - 1 = 3.5 nats beside it, and fits by 3.5 - et (about 3.3): kept
+    chosen = choose(weighing, config)
+    assert [(c.candidate.replacement, c.margin) for c in chosen] == [
+        ("Quant", pytest.approx(1.0 + rarer)), ("et", pytest.approx(3.5 - et))]
+    table[both] = 1.0 + 2.1  # beside "Quant", "et" now gains 2.1 nats: enough raw, not once corrected
+    assert 2.1 - et < 2.0 < 2.1
+    chosen = choose(Weighing(TableScorer(table), text, found), config)
+    assert [(c.candidate.replacement, c.margin) for c in chosen] == [("Quant", pytest.approx(1.0 + rarer))]
 
 
 def test_the_chooser_scores_each_sentence_once_and_leaves_protected_text_alone():

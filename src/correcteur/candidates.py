@@ -183,20 +183,17 @@ def word_frequencies() -> dict[str, int]:
 
 
 def frequency_shift(candidate: Candidate, text: str) -> float:
-    """How much more common the candidate's words are than those they replace, in nats of the
-    word list's unigram probabilities (quand → quant: −4.1); 0 when a word on either side is
-    unknown to it, since an unknown word has no count to compare."""
-    counts, total = word_frequencies(), word_total()
-    old = PLAIN_WORD.findall(text[candidate.start:candidate.end].lower())
-    new = PLAIN_WORD.findall(candidate.replacement.lower())
-    if not all(w in counts for w in old + new):
+    """How much more common the candidate's words are than the words they replace, one for one,
+    in nats of the word list's counts (quand → quant: −4.1). 0 for any other edit: a word unknown
+    to the list has no count, an elided word (qu'elle, l'arbre) has none of its own, and an edit
+    that adds or drops words is no swap of one word for another."""
+    counts = word_frequencies()
+    old, new = text[candidate.start:candidate.end], candidate.replacement
+    old_words, new_words = PLAIN_WORD.findall(old.lower()), PLAIN_WORD.findall(new.lower())
+    if (len(old_words) != len(new_words) or any(a in old + new for a in "'’")
+            or not all(w in counts for w in old_words + new_words)):
         return 0.0
-    return sum(math.log(counts[w] / total) for w in new) - sum(math.log(counts[w] / total) for w in old)
-
-
-@functools.cache
-def word_total() -> int:
-    return sum(word_frequencies().values())
+    return sum(math.log(counts[w]) for w in new_words) - sum(math.log(counts[w]) for w in old_words)
 
 
 def one_typo_away(word: str) -> set[str]:

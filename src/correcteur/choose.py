@@ -83,7 +83,7 @@ class ChooserConfig:
 @dataclass(frozen=True)
 class Choice:
     """A kept candidate and the margin it won by (in the company of the other choices when
-    they were rescored together)."""
+    they were rescored together; corrected for word frequency when the config asks it)."""
 
     candidate: Candidate
     margin: float

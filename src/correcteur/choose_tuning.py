@@ -4,8 +4,9 @@ Every validation entry is weighed once (its candidates scored by the judge); the
 replayed on those scores. Each source has a margin its candidates must win by over the unchanged
 text; with `leads`, those that replace unknown words (`LED_SOURCES`) also a lead their winner
 must have over the runner-up for the same span (`ChooserConfig.leads`). They are searched one
-source at a time, margin and lead together (coordinate ascent, two rounds): a full grid over
-nine sources would be millions of settings. A setting is eligible when harm and clean-text
+source at a time, margin and lead together, with the frequency correction when asked
+(`ChooserConfig.frequency`; coordinate ascent, two rounds): a full grid over nine sources would
+be millions of settings. A setting is eligible when harm and clean-text
 preservation meet their targets one standard error inside their bounds
 (`guard_tuning.meets_targets`), in all the tuning files together and in each, and the eligible
 one with the best error reduction (averaged over the tuning files, `objective`) wins. One source
