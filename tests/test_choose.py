@@ -504,7 +504,7 @@ def test_tuning_takes_the_frequency_correction_where_only_it_tells_fixes_from_sp
     replay = Replay(TableScorer(table), entries, ("homophone",), progress=False)
     plain, tried = tune_chooser(replay, ("homophone",), scorer="table", max_harm=0.1, min_clean=0.7)
     assert replay.scores(plain)["error_reduction"] == 0.0  # the copy: anything looser spoils the ten
-    assert {row["frequency"] for row in tried} == {0.0}  # searched only when asked
+    assert {row["frequency"] for row in tried} == {0.0}  # a grid of one value: the correction left out
     config, tried = tune_chooser(replay, ("homophone",), scorer="table", max_harm=0.1, min_clean=0.7,
                                  frequency_grid=FREQUENCY_GRID)
     assert config.frequency == 1.0

@@ -83,7 +83,7 @@ class ChooserConfig:
 @dataclass(frozen=True)
 class Choice:
     """A kept candidate and the margin it won by (in the company of the other choices when
-    they were rescored together; corrected for word frequency when the config asks it)."""
+    they were rescored together; corrected for word frequency as the config asks)."""
 
     candidate: Candidate
     margin: float

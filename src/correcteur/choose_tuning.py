@@ -4,7 +4,7 @@ Every validation entry is weighed once (its candidates scored by the judge); the
 replayed on those scores. Each source has a margin its candidates must win by over the unchanged
 text; with `leads`, those that replace unknown words (`LED_SOURCES`) also a lead their winner
 must have over the runner-up for the same span (`ChooserConfig.leads`). They are searched one
-source at a time, margin and lead together, with the frequency correction when asked
+source at a time, margin and lead together, with the frequency correction
 (`ChooserConfig.frequency`; coordinate ascent, two rounds): a full grid over nine sources would
 be millions of settings. A setting is eligible when harm and clean-text
 preservation meet their targets one standard error inside their bounds
@@ -66,9 +66,8 @@ LED_SOURCES = ("speller", "lexicon")
 # sentences all kept, the Wilson lower bound is n / (n + 1): 0.979 for 46), so the guard's 0.97 is asked.
 MAX_HARM, MIN_CLEAN = 0.02, 0.97
 # How much of the word list's preference for common words is taken off the judge's (`ChooserConfig.
-# frequency`), searched with each margin when asked (`calibrate_chooser(frequency=True)`): 0 is the
-# judge as it is, 1 its preference per unigram nat. Off by default: five times the settings to pick
-# from, and the best of them raised the harm on both held-out sets (README).
+# frequency`), searched with each margin (`calibrate_chooser(frequency=False)` leaves it out): 0 is
+# the judge as it is, 1 its preference per unigram nat.
 FREQUENCY_GRID = (0.0, 0.25, 0.5, 0.75, 1.0)
 FREQUENCY = ("frequency", "all")  # its knob, beside each source's ("margin", source) and ("lead", source)
 PAIR_STEPS = 2  # the pair search moves each margin of a pair up to two grid steps
@@ -247,12 +246,12 @@ def shown_path(path: str | Path) -> str:
 
 def calibrate_chooser(checkpoint: str | Path, val_paths: str | Path | list[str | Path], scorer: str = "finetuned",
                       limit: int | None = None, batch_size: int = 32, model_edits: bool = True,
-                      leads: bool = False, frequency: bool = False) -> ChooserConfig:
+                      leads: bool = False, frequency: bool = True) -> ChooserConfig:
     """Answer the validation entries (for the model's own candidates), weigh every entry's
     candidates with `scorer`, tune the margins and save them as choose.json beside the
     checkpoint, where `Corrector.from_checkpoint` finds them. `val_paths` may name several
     files (the split, and `EVERYDAY_ERRORS`); `limit` takes the first entries of each; `leads`
-    also searches the leads of `LED_SOURCES`, `frequency` the frequency correction. The
+    also searches the leads of `LED_SOURCES`; `frequency` (the default) the frequency correction. The
     folder is locked throughout, as guard tuning locks it."""
     folder = checkpoint_folder(checkpoint)
     paths = [val_paths] if isinstance(val_paths, (str, Path)) else list(val_paths)
