@@ -182,6 +182,7 @@ def word_frequencies() -> dict[str, int]:
     return {word: counts[word] for word in lexicon}
 
 
+@functools.cache  # asked again of every candidate for each setting the tuning replays
 def frequency_shift(candidate: Candidate, text: str) -> float:
     """How much more common the candidate's words are than the words they replace, one for one,
     in nats of the word list's counts (quand → quant: −4.1). 0 for any other edit: a word unknown
